@@ -1,0 +1,110 @@
+// The one seam between model code and hardware. The model (engine/model.cpp) is written once against
+// this interface; the CPU backend (fp32, the reference) and the CUDA backend (bf16, kernels/) implement
+// it. Every op works on tensors the same backend allocated; calls are ordered (a GPU backend enqueues
+// them on one stream) and results are visible to the host only after read()/synchronize().
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/tensor.hpp"
+
+namespace troupe {
+
+// Where q, k and v sit inside one fused qkv activation row: q heads, then k heads, then v heads,
+// each head `head_dim` wide.
+struct QkvLayout {
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int q_size() const { return num_heads * head_dim; }
+  int kv_size() const { return num_kv_heads * head_dim; }
+  int width() const { return q_size() + 2 * kv_size(); }
+};
+
+// Per-step description of a batch of sequences for attention over a paged KV cache (device tensors,
+// all i32). Token t of the batch belongs to one sequence; the sequences' new tokens are contiguous.
+// This one layout covers prefill, chunked prefill, prefix-cache hits and decode.
+struct AttentionMetadata {
+  Tensor positions;     // [T] position of each new token in its sequence
+  Tensor slot_mapping;  // [T] cache slot (block * block_size + offset) that receives its k and v
+  Tensor query_start;   // [S + 1] first new token of each sequence, then T
+  Tensor context_lens;  // [S] tokens in the cache for the sequence once this step's are written
+  Tensor block_tables;  // [S, max_blocks_per_seq] cache blocks of each sequence, in order
+  int num_seqs = 0;
+  int num_tokens = 0;
+  int max_query_len = 0;
+  int max_context_len = 0;
+  int block_size = 16;
+};
+
+// One layer's paged cache: [num_blocks, block_size, num_kv_heads, head_dim] each.
+struct KvLayer {
+  Tensor k;
+  Tensor v;
+};
+
+// cos and sin of position × inverse frequency, [max_positions, head_dim / 2] each (f32), for
+// rotate-half ("neox") rotary embeddings as Llama and Qwen use them.
+struct RopeTable {
+  Tensor cos;
+  Tensor sin;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual Device device() const = 0;
+  // The element type of weights and activations: f32 on the CPU, bf16 on CUDA.
+  virtual DType compute_dtype() const = 0;
+
+  // Memory. Contents of allocate() are unspecified.
+  virtual Tensor allocate(std::vector<int64_t> shape, DType dtype) = 0;
+  // Copies host data into dst, converting between floating types (f32/f16/bf16) when they differ;
+  // integer tensors must match exactly. Element counts must match.
+  virtual void upload(const HostView& src, const Tensor& dst) = 0;
+  // Copies src into host memory as f32 (floating tensors) or as is (integer tensors).
+  virtual void download(const Tensor& src, void* dst) = 0;
+  virtual void synchronize() = 0;
+
+  // out[t] = table[ids[t]]; also gathers rows of activations.
+  virtual void embedding(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
+  // out = rms_norm(x) * weight over the last dimension, row by row.
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
+  // residual += x; out = rms_norm(residual) * weight.
+  virtual void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps,
+                            const Tensor& out) = 0;
+  // out[T, N] = x[T, K] · w[N, K]ᵀ (+ bias[N]). Accumulation in f32.
+  virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out) = 0;
+  // out[T, I] = silu(gate_up[:, :I]) * gate_up[:, I:].
+  virtual void silu_mul(const Tensor& gate_up, const Tensor& out) = 0;
+  // inout += x.
+  virtual void add(const Tensor& x, const Tensor& inout) = 0;
+
+  // Per-head RMSNorm of q and k inside fused qkv rows (Qwen3), in place.
+  virtual void qk_norm(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight, const Tensor& k_weight,
+                       float eps) = 0;
+  // Rotates q and k of each token by its position (in place), then writes its k and v into the cache
+  // slots of meta.slot_mapping.
+  virtual void rope_store_kv(const Tensor& qkv, const QkvLayout& layout, const AttentionMetadata& meta,
+                             const RopeTable& rope, const KvLayer& cache) = 0;
+  // Causal attention of each new token's q over its sequence's cached k and v (which already hold this
+  // step's tokens). Query heads share kv heads in groups (GQA). out: [T, num_heads * head_dim].
+  virtual void attention(const Tensor& qkv, const QkvLayout& layout, const KvLayer& cache,
+                         const AttentionMetadata& meta, float scale, const Tensor& out) = 0;
+
+  // Mixture of experts. Routing: softmax over router_logits [T, E] in f32, the top_k largest
+  // (weights f32 [T, k], ids i32 [T, k]), renormalised to sum 1 when asked.
+  virtual void moe_route(const Tensor& router_logits, int top_k, bool renormalize, const Tensor& topk_weights,
+                         const Tensor& topk_ids) = 0;
+  // out[t] = Σ_j w[t, j] · expert_{ids[t, j]}(x[t]) over the experts this rank holds, those with ids
+  // in [expert_begin, expert_begin + E_local); others contribute nothing (their rank adds them).
+  // gate_up: [E_local, 2 I, H] (gate rows then up rows); down: [E_local, H, I].
+  virtual void moe_experts(const Tensor& x, const Tensor& topk_weights, const Tensor& topk_ids,
+                           const Tensor& gate_up, const Tensor& down, int expert_begin, const Tensor& out) = 0;
+  // inout[t] += sigmoid(gate[t, 0]) * x[t] (Qwen2-MoE's gated shared expert).
+  virtual void add_sigmoid_gated(const Tensor& x, const Tensor& gate, const Tensor& inout) = 0;
+};
+
+}  // namespace troupe
