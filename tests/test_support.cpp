@@ -1,6 +1,9 @@
 #include "tests/test_support.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include "tools/model_maker.hpp"
 
 namespace troupe::test {
 
@@ -15,6 +18,21 @@ std::filesystem::path scratch_dir(const std::string& tag) {
   auto dir = binary_dir() / "test-scratch" / (name + (tag.empty() ? "" : "." + tag));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  return dir;
+}
+
+std::filesystem::path tiny_model(const std::string& preset) {
+  const auto dir = binary_dir() / "test-models" / preset;
+  if (std::filesystem::exists(dir / "config.json")) return dir;
+  const auto tmp = binary_dir() / "test-models" / (preset + ".tmp." + std::to_string(::getpid()));
+  std::filesystem::remove_all(tmp);
+  MakeModelOptions options;
+  options.preset = preset;
+  options.out = tmp;
+  make_model(options);
+  std::error_code ec;
+  std::filesystem::rename(tmp, dir, ec);  // another process may have won the race: theirs is identical
+  std::filesystem::remove_all(tmp);
   return dir;
 }
 

@@ -1,4 +1,5 @@
-// Shared helpers for tests: paths of the source and build trees, and scratch directories.
+// Shared helpers for tests: paths of the source and build trees, scratch directories, and the tiny
+// model-maker models most tests run.
 #pragma once
 
 #include <filesystem>
@@ -10,5 +11,9 @@ std::filesystem::path source_dir();
 std::filesystem::path binary_dir();
 // A fresh empty directory under the build tree's test scratch area, named after the current test.
 std::filesystem::path scratch_dir(const std::string& tag = "");
+
+// The model maker's `preset` with seed 0, written once per build tree and shared by tests (written to
+// a temporary folder and renamed, so test programs running in parallel never see half a model).
+std::filesystem::path tiny_model(const std::string& preset);
 
 }  // namespace troupe::test
