@@ -94,10 +94,18 @@ def main():
               f"{sum(p.numel() for p in model.parameters()):,} parameters")
         return
     os.makedirs(args.out, exist_ok=True)
+    failed = []
     for entry in sorted(os.listdir(args.models)):
         d = os.path.join(args.models, entry)
-        if os.path.isfile(os.path.join(d, "config.json")):
+        if not os.path.isfile(os.path.join(d, "config.json")):
+            continue
+        try:
             fixture(d, args.out)
+        except BaseException as e:  # report every model's problem in one run, then fail
+            print(f"{entry}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+            failed.append(entry)
+    if failed:
+        sys.exit(f"no fixture for: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
