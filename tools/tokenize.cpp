@@ -1,13 +1,115 @@
+// `troupe tokenize`: what the server will see. Reads one JSON string literal per line from stdin and
+// writes one JSON array of ids per line (or the reverse with --decode), through the same Tokenizer
+// the server uses.
+#include <boost/json.hpp>
+#include <boost/program_options.hpp>
 #include <cstdio>
+#include <iostream>
+#include <string>
 
+#include "config/error.hpp"
+#include "engine/tokenizer.hpp"
 #include "tools/commands.hpp"
 
 namespace troupe {
+namespace {
 
-// Placeholder until the command lands.
-int tokenize_command(int, char**) {
-  std::fprintf(stderr, "troupe tokenize: not built yet\n");
-  return 1;
+namespace po = boost::program_options;
+
+std::string ids_json(const std::vector<int32_t>& ids) {
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(ids[i]);
+  }
+  out += ']';
+  return out;
+}
+
+std::string parse_string_line(const std::string& line, size_t lineno) {
+  boost::system::error_code ec;
+  boost::json::value v = boost::json::parse(line, ec);
+  if (ec || !v.is_string())
+    throw ConfigError("line " + std::to_string(lineno) + ": expected a JSON string literal, e.g. \"Hello\"");
+  return std::string(v.get_string());
+}
+
+std::vector<int32_t> parse_ids_line(const std::string& line, size_t lineno) {
+  boost::system::error_code ec;
+  boost::json::value v = boost::json::parse(line, ec);
+  if (ec || !v.is_array()) throw ConfigError("line " + std::to_string(lineno) + ": expected a JSON array of ids, e.g. [9707, 1879]");
+  std::vector<int32_t> ids;
+  for (const boost::json::value& x : v.get_array()) {
+    if (!x.is_int64() || x.get_int64() < 0 || x.get_int64() > INT32_MAX)
+      throw ConfigError("line " + std::to_string(lineno) + ": ids must be non-negative integers");
+    ids.push_back(static_cast<int32_t>(x.get_int64()));
+  }
+  return ids;
+}
+
+}  // namespace
+
+int tokenize_command(int argc, char** argv) {
+  po::options_description flags(
+      "troupe tokenize: one JSON string per line on stdin -> one JSON array of ids per line on stdout\n"
+      "(the ids Hugging Face's tokenizers library gives for encode(text), special tokens included)");
+  std::string model_dir, tokenizer_file;
+  bool no_special = false, decode = false, skip_special = false;
+  // clang-format off
+  flags.add_options()
+      ("help,h", "show this help")
+      ("model", po::value(&model_dir), "model directory (reads its tokenizer.json and tokenizer_config.json)")
+      ("tokenizer", po::value(&tokenizer_file), "a tokenizer.json file, instead of --model")
+      ("no-special-tokens", po::bool_switch(&no_special), "encode without the post-processor's special tokens (BOS)")
+      ("decode", po::bool_switch(&decode), "the reverse: one JSON array of ids per line -> one JSON string per line")
+      ("skip-special-tokens", po::bool_switch(&skip_special), "with --decode: leave special tokens out of the text");
+  // clang-format on
+  try {
+    po::variables_map vm;
+    po::store(po::command_line_parser(argc, argv).options(flags).run(), vm);
+    if (vm.count("help")) {
+      std::cout << flags << "\n";
+      return 0;
+    }
+    po::notify(vm);
+    if (model_dir.empty() == tokenizer_file.empty()) throw ConfigError("give exactly one of --model DIR and --tokenizer FILE");
+    if (skip_special && !decode) throw ConfigError("--skip-special-tokens goes with --decode");
+    if (no_special && decode) throw ConfigError("--no-special-tokens goes with encoding, not --decode");
+  } catch (const po::error& e) {
+    std::fprintf(stderr, "troupe tokenize: %s\n(see troupe tokenize --help)\n", e.what());
+    return 2;
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "troupe tokenize: %s\n", e.what());
+    return 2;
+  }
+
+  try {
+    Tokenizer tok = model_dir.empty() ? Tokenizer::from_file(tokenizer_file) : Tokenizer::from_model_dir(model_dir);
+    std::string line, out;
+    size_t lineno = 0;
+    while (std::getline(std::cin, line)) {
+      ++lineno;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (decode) {
+        std::vector<int32_t> ids = parse_ids_line(line, lineno);
+        out = boost::json::serialize(boost::json::string(tok.decode(ids, skip_special)));
+      } else {
+        std::string text = parse_string_line(line, lineno);
+        try {
+          out = ids_json(tok.encode(text, !no_special));
+        } catch (const std::invalid_argument&) {
+          throw ConfigError("line " + std::to_string(lineno) + ": the string is not valid Unicode (a lone surrogate?)");
+        }
+      }
+      out += '\n';
+      std::fwrite(out.data(), 1, out.size(), stdout);
+    }
+    std::fflush(stdout);
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "troupe tokenize: %s\n", e.what());
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace troupe
