@@ -35,7 +35,7 @@ class SafetensorsFile {
   static SafetensorsFile open(const std::filesystem::path& path);
 
   const std::filesystem::path& path() const;
-  const std::vector<TensorInfo>& tensors() const;
+  const std::vector<TensorInfo>& tensors() const;  // in the order of their bytes in the file
   const std::map<std::string, std::string>& metadata() const;
   bool contains(const std::string& name) const;
   HostView tensor(const std::string& name) const;
@@ -62,7 +62,9 @@ class WeightFiles {
 };
 
 // Writes one .safetensors file: the header from the full list of entries first, then each tensor's
-// bytes in the same order through write().
+// bytes in the same order through write(). The writer lays the tensors out back to back in that order;
+// entries may leave begin/end at 0 (offsets given must match that layout). The file appears under its
+// name only when close() succeeds.
 class SafetensorsWriter {
  public:
   SafetensorsWriter(const std::filesystem::path& path, std::vector<TensorInfo> entries,

@@ -252,6 +252,38 @@ TEST(ModelMaker, ValuesDoNotDependOnThreadsOrChunking) {
   EXPECT_NE(weight_stream(3, "a"), weight_stream(3, "b"));
 }
 
+// The formula weight_init.hpp documents, written out again, so that checkpoints (and the golden
+// fixtures computed from them) can be reproduced without this code.
+TEST(ModelMaker, ValuesFollowTheDocumentedFormula) {
+  auto splitmix64 = [](uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  };
+  for (WeightInit init : {WeightInit{1.0f, 0.1f}, WeightInit{0.0f, 0.03125f}, WeightInit{0.0f, 0.0441941738f}}) {
+    uint64_t stream = weight_stream(0, "model.norm.weight");
+    std::vector<uint16_t> got(5000);
+    fill_bf16(stream, init, 100, got.size(), got.data());
+    for (size_t i = 0; i < got.size(); ++i) {
+      uint64_t bits = splitmix64(stream + 100 + i);
+      int64_t s = int64_t(bits & 0xffff) + int64_t((bits >> 16) & 0xffff) + int64_t((bits >> 32) & 0xffff) +
+                  int64_t(bits >> 48);
+      float n = static_cast<float>(s - 131070);
+      float v = init.mean + n * (init.std * (1.7320508075688772f / 65536.0f));
+      ASSERT_EQ(got[i], f32_to_bf16(v)) << i;
+    }
+  }
+}
+
+// Pinned: a change here changes every checkpoint the maker writes, and golden fixtures with them.
+TEST(ModelMaker, StreamsArePinned) {
+  EXPECT_EQ(weight_stream(0, "model.embed_tokens.weight"), 0x087c2bc2be817625ull);
+  std::vector<uint16_t> first(4);
+  fill_bf16(weight_stream(0, "model.embed_tokens.weight"), WeightInit{0.0f, 0.125f}, 0, 4, first.data());
+  EXPECT_EQ(first, (std::vector<uint16_t>{0xbe05, 0x3e89, 0xbd1e, 0xbe0e}));
+}
+
 TEST(ModelMaker, NormalVariatesHaveUnitVariance) {
   double sum = 0, sq = 0, max_abs = 0;
   const int n = 1 << 20;
