@@ -269,8 +269,8 @@ TEST(ModelMaker, ValuesFollowTheDocumentedFormula) {
       uint64_t bits = splitmix64(stream + 100 + i);
       int64_t s = int64_t(bits & 0xffff) + int64_t((bits >> 16) & 0xffff) + int64_t((bits >> 32) & 0xffff) +
                   int64_t(bits >> 48);
-      float n = static_cast<float>(s - 131070);
-      float v = init.mean + n * (init.std * (1.7320508075688772f / 65536.0f));
+      float n = static_cast<float>(s - 131070) * (1.7320508075688772f / 65536.0f);
+      float v = init.mean + init.std * n;
       ASSERT_EQ(got[i], f32_to_bf16(v)) << i;
     }
   }

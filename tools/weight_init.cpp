@@ -47,10 +47,9 @@ float normal_from_bits(uint64_t bits) { return static_cast<float>(sum_of_fields(
 // multiply and add (this file is built with -ffp-contract=off, and "avx2" does not enable FMA).
 __attribute__((target_clones("avx2", "default"))) void fill_bf16(uint64_t stream, WeightInit init, uint64_t first,
                                                                   size_t count, uint16_t* out) {
-  const float scale = init.std * unit_scale;
   for (size_t i = 0; i < count; ++i) {
-    float n = static_cast<float>(sum_of_fields(splitmix64(stream + first + i)) - 131070);
-    float v = init.mean + n * scale;
+    float n = static_cast<float>(sum_of_fields(splitmix64(stream + first + i)) - 131070) * unit_scale;
+    float v = init.mean + init.std * n;
     // f32_to_bf16 without its NaN case: v is always finite here.
     uint32_t u = std::bit_cast<uint32_t>(v);
     out[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);

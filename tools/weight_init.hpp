@@ -21,7 +21,8 @@ float normal_from_bits(uint64_t bits);
 
 // Values [first, first + count) of the tensor with stream `stream`, as bf16 (round to nearest even).
 // Value i is, in float arithmetic with each operation rounded:
-//   bf16(mean + (sum of the four 16-bit fields of splitmix64(stream + i)  - 131070) * (std * sqrt(3) / 65536))
+//   n = (sum of the four 16-bit fields of splitmix64(stream + i) - 131070) * (sqrt(3) / 65536)
+//   value = bf16(mean + std * n)
 void fill_bf16(uint64_t stream, WeightInit init, uint64_t first, size_t count, uint16_t* out);
 
 // All `numel` values, split over `threads` threads when the tensor is large enough to be worth it.
