@@ -68,8 +68,16 @@ class Backend {
   virtual void download(const Tensor& src, void* dst) = 0;
   virtual void synchronize() = 0;
 
-  // out[t] = table[ids[t]]; also gathers rows of activations.
+  // out[t] = table[ids[t]], or a row of zeros where ids[t] < 0 (a token whose embedding row lives on
+  // another tensor-parallel rank); also gathers rows of activations.
   virtual void embedding(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
+  // out[index[i]] += src[i] for every row i of src (rows of out may repeat in index).
+  virtual void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& out) = 0;
+  // out[r, p·C + c] = stacked[p, r, c] for p·C + c < out's width: puts side by side the column
+  // blocks that P ranks gathered as a [P, R, C] stack (vocab-parallel logits).
+  virtual void unstack_columns(const Tensor& stacked, const Tensor& out) = 0;
+  // Every element 0.
+  virtual void zero(const Tensor& t) = 0;
   // out = rms_norm(x) * weight over the last dimension, row by row.
   virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) = 0;
   // residual += x; out = rms_norm(residual) * weight.

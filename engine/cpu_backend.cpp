@@ -64,6 +64,7 @@ class CpuBackend final : public Backend {
   void upload(const HostView& src, const Tensor& dst) override {
     require(src.numel() == dst.numel(), "upload", "element count differs: " + std::to_string(src.numel()) + " into " +
                                                       dst.describe());
+    if (src.numel() == 0) return;
     if (src.dtype == dst.dtype()) {
       std::memcpy(dst.data(), src.data, dst.nbytes());
     } else if (dst.dtype() == DType::f32) {
@@ -75,6 +76,7 @@ class CpuBackend final : public Backend {
   }
 
   void download(const Tensor& src, void* dst) override {
+    if (src.numel() == 0) return;
     if (src.dtype() == DType::f16 || src.dtype() == DType::bf16) {
       convert_to_f32(src.data(), src.dtype(), static_cast<float*>(dst), static_cast<size_t>(src.numel()));
     } else {
@@ -92,10 +94,44 @@ class CpuBackend final : public Backend {
     require(out.numel() == ids.numel() * width, "embedding", "output shape " + out.describe());
     const int32_t* id = ids.as<int32_t>();
     for (int64_t t = 0; t < ids.numel(); ++t) {
-      require(id[t] >= 0 && id[t] < rows, "embedding", "id " + std::to_string(id[t]) + " outside [0, " +
-                                                           std::to_string(rows) + ")");
-      std::memcpy(out.as<float>() + t * width, table.as<float>() + id[t] * width, width * sizeof(float));
+      require(id[t] < rows, "embedding", "id " + std::to_string(id[t]) + " outside [0, " + std::to_string(rows) + ")");
+      if (id[t] < 0) {
+        std::fill(out.as<float>() + t * width, out.as<float>() + (t + 1) * width, 0.0f);
+      } else {
+        std::memcpy(out.as<float>() + t * width, table.as<float>() + id[t] * width, width * sizeof(float));
+      }
     }
+  }
+
+  void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& out) override {
+    require_f32(src, "scatter_add_rows");
+    require_i32(index, "scatter_add_rows");
+    require_f32(out, "scatter_add_rows");
+    const int64_t width = out.row_numel(), rows = out.size(0);
+    require(src.numel() == index.numel() * width, "scatter_add_rows", "shapes " + src.describe() + ", " + out.describe());
+    for (int64_t i = 0; i < index.numel(); ++i) {
+      const int32_t r = index.as<int32_t>()[i];
+      require(r >= 0 && r < rows, "scatter_add_rows", "row " + std::to_string(r) + " outside the output");
+      float* o = out.as<float>() + r * width;
+      const float* a = src.as<float>() + i * width;
+      for (int64_t e = 0; e < width; ++e) o[e] += a[e];
+    }
+  }
+
+  void unstack_columns(const Tensor& stacked, const Tensor& out) override {
+    require_f32(stacked, "unstack_columns");
+    require_f32(out, "unstack_columns");
+    require(stacked.rank() == 3 && out.rank() == 2 && stacked.size(1) == out.size(0), "unstack_columns",
+            "shapes " + stacked.describe() + ", " + out.describe());
+    const int64_t parts = stacked.size(0), rows = stacked.size(1), cols = stacked.size(2), width = out.size(1);
+    require(width <= parts * cols, "unstack_columns", "output wider than the stack");
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < width; ++c) out.as<float>()[r * width + c] = stacked.as<float>()[((c / cols) * rows + r) * cols + c % cols];
+    }
+  }
+
+  void zero(const Tensor& t) override {
+    if (t.nbytes() > 0) std::memset(t.data(), 0, t.nbytes());
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out) override {

@@ -1,6 +1,8 @@
 #include "engine/model.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -18,49 +20,89 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return out.str();
 }
 
-// Reads named tensors out of the checkpoint into backend memory, checking each shape against what the
-// config implies, and fusing tensors that the forward pass uses as one matrix.
+// A half-open range of indices along one dimension of a weight.
+struct Span {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t size() const { return end - begin; }
+};
+
+// Which part of each weight this rank holds: heads, intermediate slices, vocabulary rows, experts.
+struct ShardPlan {
+  Span q_heads, kv_heads, mlp, shared_mlp, expert_mlp, experts, vocab;
+  int64_t vocab_rows = 0;  // rows this rank allocates for its vocabulary slice (equal on all ranks)
+
+  ShardPlan(const ModelConfig& c, const ModelShard& s) {
+    const int tp = s.layout.tensor_parallel_size, r = s.tp_rank;
+    auto split = [](int64_t n, int parts, int i) { return Span{n * i / parts, n * (i + 1) / parts}; };
+    q_heads = split(c.num_heads, tp, r);
+    // With more ranks than kv heads each rank holds one kv head, replicated on tp / kv ranks.
+    kv_heads = c.num_kv_heads >= tp ? split(c.num_kv_heads, tp, r) : Span{r / (tp / c.num_kv_heads), r / (tp / c.num_kv_heads) + 1};
+    mlp = split(c.intermediate_size, tp, r);
+    shared_mlp = split(c.shared_expert_intermediate_size, tp, r);
+    const int group = s.layout.moe_group_size();
+    if (s.layout.enable_expert_parallel) {
+      experts = split(c.num_experts, group, s.moe_rank());
+      expert_mlp = {0, c.moe_intermediate_size};
+    } else {
+      experts = {0, c.num_experts};
+      const bool across_dp = s.layout.data_parallel_size > 1;
+      expert_mlp = split(c.moe_intermediate_size, across_dp ? group : tp, across_dp ? s.moe_rank() : r);
+    }
+    vocab_rows = (c.vocab_size + tp - 1) / tp;
+    vocab = {std::min<int64_t>(c.vocab_size, vocab_rows * r), std::min<int64_t>(c.vocab_size, vocab_rows * (r + 1))};
+  }
+};
+
+// Reads named tensors (or slices of them) out of the checkpoint into backend memory, checking each
+// shape against what the config implies.
 class Loader {
  public:
   Loader(const WeightFiles& files, Backend& backend, const LoadProgress& progress)
       : files_(files), backend_(backend), progress_(progress), total_(files.total_bytes()) {}
 
-  HostView view(const std::string& name, const std::vector<int64_t>& shape) {
+  Backend& backend() { return backend_; }
+  uint64_t allocated() const { return allocated_; }
+
+  Tensor allocate(std::vector<int64_t> shape) {
+    Tensor t = backend_.allocate(std::move(shape), backend_.compute_dtype());
+    allocated_ += t.nbytes();
+    return t;
+  }
+
+  // Rows `rows` (all when empty) and columns `cols` (all when empty) of the named tensor into dst.
+  void put(const std::string& name, const std::vector<int64_t>& full_shape, const Tensor& dst, Span rows = {},
+           Span cols = {}) {
     HostView v = files_.get(name);
-    if (v.shape != shape)
+    if (v.shape != full_shape)
       throw WeightError("tensor '" + name + "' has shape " + shape_text(v.shape) + " but the config implies " +
-                        shape_text(shape));
-    return v;
-  }
-
-  Tensor load(const std::string& name, const std::vector<int64_t>& shape) {
-    Tensor t = backend_.allocate(shape, backend_.compute_dtype());
-    put(name, t);
-    return t;
-  }
-
-  // Several [rows_i, cols] matrices stacked into one [Σ rows_i, cols] (q/k/v, gate/up).
-  Tensor load_stacked(const std::vector<std::string>& names, const std::vector<int64_t>& rows, int64_t cols) {
-    int64_t total = 0;
-    for (int64_t r : rows) total += r;
-    Tensor t = backend_.allocate({total, cols}, backend_.compute_dtype());
-    int64_t at = 0;
-    for (size_t i = 0; i < names.size(); ++i) {
-      put(names[i], t.rows(at, at + rows[i]));
-      at += rows[i];
+                        shape_text(full_shape));
+    if (rows.size() > 0) v = v.rows(rows.begin, rows.end);
+    if (cols.size() > 0 && cols.size() != full_shape.back()) {
+      // A column slice is strided in the file: gather it into a contiguous host buffer first.
+      const int64_t n_rows = v.numel() / full_shape.back(), es = dtype_size(v.dtype);
+      staging_.resize(static_cast<size_t>(n_rows * cols.size() * es));
+      for (int64_t r = 0; r < n_rows; ++r)
+        std::memcpy(staging_.data() + r * cols.size() * es,
+                    static_cast<const char*>(v.data) + (r * full_shape.back() + cols.begin) * es, cols.size() * es);
+      v = HostView{staging_.data(), v.dtype, {n_rows, cols.size()}};
     }
-    return t;
-  }
-
-  // Copies the named tensor into `dst`, whose shape is the one expected.
-  void put(const std::string& name, const Tensor& dst) {
-    HostView v = view(name, dst.shape());
+    if (v.numel() != dst.numel())
+      throw WeightError("tensor '" + name + "': the slice holds " + std::to_string(v.numel()) + " elements, " +
+                        dst.describe() + " expected");
     backend_.upload(v, dst);
     done_ += v.nbytes();
     if (progress_) progress_(done_, total_);
   }
 
-  Backend& backend() { return backend_; }
+  Tensor load(const std::string& name, const std::vector<int64_t>& full_shape, Span rows = {}, Span cols = {}) {
+    std::vector<int64_t> shape = full_shape;
+    if (rows.size() > 0) shape[0] = rows.size();
+    if (cols.size() > 0) shape.back() = cols.size();
+    Tensor t = allocate(shape);
+    put(name, full_shape, t, rows, cols);
+    return t;
+  }
 
  private:
   const WeightFiles& files_;
@@ -68,68 +110,55 @@ class Loader {
   const LoadProgress& progress_;
   uint64_t done_ = 0;
   uint64_t total_ = 0;
+  uint64_t allocated_ = 0;
+  std::vector<char> staging_;
 };
 
 struct Mlp {
-  Tensor gate_up;  // [2I, H]
-  Tensor down;     // [H, I]
+  Tensor gate_up;  // [2 I_local, H]
+  Tensor down;     // [H, I_local]
 };
 
 struct Moe {
   Tensor router;   // [E, H]
-  Tensor gate_up;  // [E, 2I, H]
-  Tensor down;     // [E, H, I]
+  Tensor gate_up;  // [E_local, 2 I_local, H]
+  Tensor down;     // [E_local, H, I_local]
   bool has_shared = false;
   Mlp shared;
   Tensor shared_gate;  // [1, H]
 };
 
-}  // namespace
-
-struct Model::Weights {
-  struct Layer {
-    Tensor input_norm, post_attention_norm;
-    Tensor qkv, qkv_bias, o, o_bias;
-    Tensor q_norm, k_norm;
-    bool moe = false;
-    Mlp mlp;
-    Moe experts;
-  };
-  Tensor embed;
-  Tensor final_norm;
-  Tensor lm_head;  // the embedding when tied
-  std::vector<Layer> layers;
-  RopeTable rope;
-};
-
-namespace {
-
 Mlp load_mlp(Loader& load, const std::string& prefix, const std::string& gate, const std::string& up,
-             const std::string& down, int64_t hidden, int64_t inter) {
-  return {load.load_stacked({prefix + gate + ".weight", prefix + up + ".weight"}, {inter, inter}, hidden),
-          load.load(prefix + down + ".weight", {hidden, inter})};
+             const std::string& down, int64_t hidden, int64_t inter, Span slice) {
+  Mlp m;
+  m.gate_up = load.allocate({2 * slice.size(), hidden});
+  load.put(prefix + gate + ".weight", {inter, hidden}, m.gate_up.rows(0, slice.size()), slice);
+  load.put(prefix + up + ".weight", {inter, hidden}, m.gate_up.rows(slice.size(), 2 * slice.size()), slice);
+  m.down = load.load(prefix + down + ".weight", {hidden, inter}, {}, slice);
+  return m;
 }
 
-Moe load_moe(Loader& load, const ModelConfig& c, const std::string& layer) {
+Moe load_moe(Loader& load, const ModelConfig& c, const ShardPlan& plan, const std::string& layer) {
   const bool mixtral = c.arch == Architecture::mixtral;
   const std::string block = layer + (mixtral ? "block_sparse_moe." : "mlp.");
-  const int64_t h = c.hidden_size, inter = c.moe_intermediate_size, e = c.num_experts;
-  Backend& be = load.backend();
+  const int64_t h = c.hidden_size, inter = c.moe_intermediate_size, il = plan.expert_mlp.size();
   Moe m;
-  m.router = load.load(block + "gate.weight", {e, h});
-  m.gate_up = be.allocate({e, 2 * inter, h}, be.compute_dtype());
-  m.down = be.allocate({e, h, inter}, be.compute_dtype());
-  for (int64_t x = 0; x < e; ++x) {
+  m.router = load.load(block + "gate.weight", {c.num_experts, h});
+  m.gate_up = load.allocate({plan.experts.size(), 2 * il, h});
+  m.down = load.allocate({plan.experts.size(), h, il});
+  for (int64_t x = plan.experts.begin; x < plan.experts.end; ++x) {
     const std::string p = block + "experts." + std::to_string(x) + ".";
-    Tensor gu = m.gate_up.rows(x, x + 1).reshape({2 * inter, h});
-    load.put(p + (mixtral ? "w1" : "gate_proj") + ".weight", gu.rows(0, inter));
-    load.put(p + (mixtral ? "w3" : "up_proj") + ".weight", gu.rows(inter, 2 * inter));
-    load.put(p + (mixtral ? "w2" : "down_proj") + ".weight", m.down.rows(x, x + 1).reshape({h, inter}));
+    const int64_t local = x - plan.experts.begin;
+    Tensor gu = m.gate_up.rows(local, local + 1).reshape({2 * il, h});
+    load.put(p + (mixtral ? "w1" : "gate_proj") + ".weight", {inter, h}, gu.rows(0, il), plan.expert_mlp);
+    load.put(p + (mixtral ? "w3" : "up_proj") + ".weight", {inter, h}, gu.rows(il, 2 * il), plan.expert_mlp);
+    load.put(p + (mixtral ? "w2" : "down_proj") + ".weight", {h, inter}, m.down.rows(local, local + 1).reshape({h, il}),
+             {}, plan.expert_mlp);
   }
   if (c.has_shared_expert()) {
     m.has_shared = true;
     m.shared = load_mlp(load, block + "shared_expert.", "gate_proj", "up_proj", "down_proj", h,
-                        c.shared_expert_intermediate_size);
+                        c.shared_expert_intermediate_size, plan.shared_mlp);
     m.shared_gate = load.load(block + "shared_expert_gate.weight", {1, h});
   }
   return m;
@@ -137,47 +166,90 @@ Moe load_moe(Loader& load, const ModelConfig& c, const std::string& layer) {
 
 }  // namespace
 
+struct Model::Weights {
+  struct Layer {
+    int index = 0;
+    Tensor input_norm, post_attention_norm;
+    Tensor qkv, qkv_bias, o, o_bias;
+    Tensor q_norm, k_norm;
+    bool moe = false;
+    Mlp mlp;
+    Moe experts;
+  };
+  ShardPlan plan;
+  Tensor embed;       // [vocab_rows, H] on the first stage (and the last, when tied)
+  Tensor final_norm;  // last stage
+  Tensor lm_head;     // [vocab_rows, H] on the last stage
+  std::vector<Layer> layers;
+  RopeTable rope;
+  uint64_t bytes = 0;
+
+  explicit Weights(ShardPlan p) : plan(p) {}
+};
+
 Model::Model(ModelConfig config, const WeightFiles& files, Backend& backend, int max_positions,
-             const LoadProgress& progress)
+             const LoadProgress& progress, ModelShard shard, ShardComms comms)
     : config_(std::move(config)),
+      shard_(shard),
+      comms_(comms),
       backend_(backend),
       max_positions_(max_positions > 0 ? max_positions : config_.max_position_embeddings),
-      weights_(std::make_unique<Weights>()) {
+      layers_(stage_layers(config_.num_layers, shard.layout.pipeline_parallel_size, shard.pp_rank)),
+      weights_(std::make_unique<Weights>(ShardPlan(config_, shard))) {
   const ModelConfig& c = config_;
   Loader load(files, backend, progress);
   Weights& w = *weights_;
+  const ShardPlan& plan = w.plan;
   const int64_t h = c.hidden_size, d = c.head_dim;
-  w.embed = load.load("model.embed_tokens.weight", {c.vocab_size, h});
-  for (int l = 0; l < c.num_layers; ++l) {
+
+  // The vocabulary slice, zero-padded so every rank holds the same number of rows.
+  auto load_vocab = [&](const std::string& name) {
+    Tensor t = load.allocate({plan.vocab_rows, h});
+    backend.zero(t);
+    if (plan.vocab.size() > 0) load.put(name, {c.vocab_size, h}, t.rows(0, plan.vocab.size()), plan.vocab);
+    return t;
+  };
+  if (shard.first_stage() || (shard.last_stage() && c.tie_word_embeddings)) w.embed = load_vocab("model.embed_tokens.weight");
+
+  const Span q_rows{plan.q_heads.begin * d, plan.q_heads.end * d};
+  const Span kv_rows{plan.kv_heads.begin * d, plan.kv_heads.end * d};
+  const int64_t q = q_rows.size(), kv = kv_rows.size();
+  for (int l = layers_.begin; l < layers_.end; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Weights::Layer layer;
+    layer.index = l;
     layer.input_norm = load.load(p + "input_layernorm.weight", {h});
     layer.post_attention_norm = load.load(p + "post_attention_layernorm.weight", {h});
     const std::string a = p + "self_attn.";
-    const int64_t q = c.q_size(), kv = c.kv_size();
-    layer.qkv = load.load_stacked({a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"}, {q, kv, kv}, h);
+    layer.qkv = load.allocate({q + 2 * kv, h});
+    load.put(a + "q_proj.weight", {c.q_size(), h}, layer.qkv.rows(0, q), q_rows);
+    load.put(a + "k_proj.weight", {c.kv_size(), h}, layer.qkv.rows(q, q + kv), kv_rows);
+    load.put(a + "v_proj.weight", {c.kv_size(), h}, layer.qkv.rows(q + kv, q + 2 * kv), kv_rows);
     if (c.attention_bias) {
-      layer.qkv_bias = backend.allocate({q + 2 * kv}, backend.compute_dtype());
-      load.put(a + "q_proj.bias", layer.qkv_bias.rows(0, q));
-      load.put(a + "k_proj.bias", layer.qkv_bias.rows(q, q + kv));
-      load.put(a + "v_proj.bias", layer.qkv_bias.rows(q + kv, q + 2 * kv));
+      layer.qkv_bias = load.allocate({q + 2 * kv});
+      load.put(a + "q_proj.bias", {c.q_size()}, layer.qkv_bias.rows(0, q), q_rows);
+      load.put(a + "k_proj.bias", {c.kv_size()}, layer.qkv_bias.rows(q, q + kv), kv_rows);
+      load.put(a + "v_proj.bias", {c.kv_size()}, layer.qkv_bias.rows(q + kv, q + 2 * kv), kv_rows);
     }
-    layer.o = load.load(a + "o_proj.weight", {h, q});
-    if (c.attention_output_bias) layer.o_bias = load.load(a + "o_proj.bias", {h});
+    layer.o = load.load(a + "o_proj.weight", {h, c.q_size()}, {}, q_rows);
+    // A row-parallel layer's bias is added once, by tensor-parallel rank 0, before the all-reduce.
+    if (c.attention_output_bias && shard.tp_rank == 0) layer.o_bias = load.load(a + "o_proj.bias", {h});
     if (c.qk_norm) {
       layer.q_norm = load.load(a + "q_norm.weight", {d});
       layer.k_norm = load.load(a + "k_norm.weight", {d});
     }
     layer.moe = c.is_moe_layer(l);
     if (layer.moe) {
-      layer.experts = load_moe(load, c, p);
+      layer.experts = load_moe(load, c, plan, p);
     } else {
-      layer.mlp = load_mlp(load, p + "mlp.", "gate_proj", "up_proj", "down_proj", h, c.intermediate_size);
+      layer.mlp = load_mlp(load, p + "mlp.", "gate_proj", "up_proj", "down_proj", h, c.intermediate_size, plan.mlp);
     }
     w.layers.push_back(std::move(layer));
   }
-  w.final_norm = load.load("model.norm.weight", {h});
-  w.lm_head = c.tie_word_embeddings ? w.embed : load.load("lm_head.weight", {c.vocab_size, h});
+  if (shard.last_stage()) {
+    w.final_norm = load.load("model.norm.weight", {h});
+    w.lm_head = c.tie_word_embeddings ? w.embed : load_vocab("lm_head.weight");
+  }
 
   RopeValues rope = rope_values(c, max_positions_);
   const std::vector<int64_t> rope_shape{max_positions_, d / 2};
@@ -185,108 +257,257 @@ Model::Model(ModelConfig config, const WeightFiles& files, Backend& backend, int
   w.rope.sin = backend.allocate(rope_shape, DType::f32);
   backend.upload({rope.cos.data(), DType::f32, rope_shape}, w.rope.cos);
   backend.upload({rope.sin.data(), DType::f32, rope_shape}, w.rope.sin);
+  w.bytes = load.allocated();
 }
 
 Model::~Model() = default;
 
+int Model::local_heads() const { return static_cast<int>(weights_->plan.q_heads.size()); }
+int Model::local_kv_heads() const { return static_cast<int>(weights_->plan.kv_heads.size()); }
+uint64_t Model::weight_bytes() const { return weights_->bytes; }
+
 KvCache Model::allocate_kv_cache(int num_blocks, int block_size) const {
-  return troupe::allocate_kv_cache(backend_, config_.num_layers, num_blocks, block_size, config_.num_kv_heads,
+  return troupe::allocate_kv_cache(backend_, layers_.end - layers_.begin, num_blocks, block_size, local_kv_heads(),
                                    config_.head_dim);
 }
 
-Tensor Model::forward(const StepBatch& batch, const KvCache& cache) {
+namespace {
+
+// One forward pass's scratch: the batch's metadata on the device and helpers shared by the layers.
+struct Pass {
+  Backend& be;
+  DType dt;
+  int64_t t;
+
+  Tensor upload_i32(const std::vector<int32_t>& v) {
+    Tensor out = be.allocate({static_cast<int64_t>(v.size())}, DType::i32);
+    be.upload({v.data(), DType::i32, {static_cast<int64_t>(v.size())}}, out);
+    return out;
+  }
+  Tensor upload_f32(const std::vector<float>& v, int64_t cols) {
+    const int64_t rows = static_cast<int64_t>(v.size()) / cols;
+    Tensor out = be.allocate({rows, cols}, DType::f32);
+    be.upload({v.data(), DType::f32, {rows, cols}}, out);
+    return out;
+  }
+};
+
+}  // namespace
+
+Tensor Model::forward(const StepBatch& batch, const KvCache& cache, const ForwardHooks& hooks) {
   const ModelConfig& c = config_;
   Backend& be = backend_;
   const Weights& w = *weights_;
+  const ShardPlan& plan = w.plan;
   const DType dt = be.compute_dtype();
   const int64_t t = batch.num_tokens(), h = c.hidden_size;
-  if (t == 0) throw std::invalid_argument("Model::forward: empty batch");
+  const int tp = shard_.layout.tensor_parallel_size, dp = shard_.layout.data_parallel_size;
   if (batch.block_size != cache.block_size) throw std::invalid_argument("Model::forward: block size differs from the cache's");
   if (batch.max_context_len() > max_positions_)
     throw std::invalid_argument("Model::forward: a sequence of " + std::to_string(batch.max_context_len()) +
                                 " tokens exceeds the " + std::to_string(max_positions_) + " positions this model serves");
+  Pass pass{be, dt, t};
 
-  auto upload_i32 = [&](const std::vector<int32_t>& v, std::vector<int64_t> shape) {
-    Tensor out = be.allocate(shape, DType::i32);
-    be.upload({v.data(), DType::i32, std::move(shape)}, out);
-    return out;
-  };
   AttentionMetadata meta;
-  meta.positions = upload_i32(batch.positions, {t});
-  meta.slot_mapping = upload_i32(batch.slot_mapping, {t});
-  meta.query_start = upload_i32(batch.query_start, {batch.num_seqs() + 1});
-  meta.context_lens = upload_i32(batch.context_lens, {batch.num_seqs()});
-  meta.block_tables = upload_i32(batch.flat_block_tables(), {batch.num_seqs(), std::max(1, batch.max_blocks_per_seq())});
+  meta.positions = pass.upload_i32(batch.positions);
+  meta.slot_mapping = pass.upload_i32(batch.slot_mapping);
+  meta.query_start = pass.upload_i32(batch.query_start);
+  meta.context_lens = pass.upload_i32(batch.context_lens);
+  const std::vector<int32_t> tables = batch.flat_block_tables();
+  meta.block_tables = pass.upload_i32(tables).reshape({batch.num_seqs(), std::max(1, batch.max_blocks_per_seq())});
   meta.num_seqs = batch.num_seqs();
   meta.num_tokens = static_cast<int>(t);
   meta.max_query_len = batch.max_query_len();
   meta.max_context_len = batch.max_context_len();
   meta.block_size = batch.block_size;
 
-  const QkvLayout layout{c.num_heads, c.num_kv_heads, c.head_dim};
+  const QkvLayout layout{local_heads(), local_kv_heads(), c.head_dim};
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const float eps = static_cast<float>(c.rms_norm_eps);
 
-  Tensor ids = upload_i32(batch.token_ids, {t});
   Tensor residual = be.allocate({t, h}, dt);
-  be.embedding(w.embed, ids, residual);
+  if (shard_.first_stage()) {
+    // Ids outside this rank's vocabulary slice embed as zeros; the all-reduce fills them in.
+    std::vector<int32_t> local = batch.token_ids;
+    for (int32_t& id : local) id = (id >= plan.vocab.begin && id < plan.vocab.end) ? id - static_cast<int32_t>(plan.vocab.begin) : -1;
+    be.embedding(w.embed, pass.upload_i32(local), residual);
+    if (comms_.tp) comms_.tp->all_reduce(residual);
+  } else {
+    comms_.prev->recv(residual, 0);
+  }
   Tensor x = be.allocate({t, h}, dt);
   Tensor delta = be.allocate({t, h}, dt);
   Tensor qkv = be.allocate({t, layout.width()}, dt);
   Tensor attn = be.allocate({t, layout.q_size()}, dt);
 
   auto run_mlp = [&](const Mlp& m, const Tensor& in, const Tensor& out) {
-    const int64_t inter = m.down.size(1);
-    Tensor gate_up = be.allocate({t, 2 * inter}, dt);
-    Tensor act = be.allocate({t, inter}, dt);
+    const int64_t inter = m.down.size(1), rows = in.size(0);
+    Tensor gate_up = be.allocate({rows, 2 * inter}, dt);
+    Tensor act = be.allocate({rows, inter}, dt);
     be.linear(in, m.gate_up, nullptr, gate_up);
     be.silu_mul(gate_up, act);
     be.linear(act, m.down, nullptr, out);
   };
+  auto span = [&](const char* name, bool begin) {
+    if (hooks.span) hooks.span(name, begin);
+  };
 
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const Weights::Layer& layer = w.layers[l];
-    if (l == 0) {
+  // The routed experts' contribution to this rank's tokens, before the tensor-parallel all-reduce.
+  auto run_moe = [&](const Weights::Layer& layer) {
+    const Moe& m = layer.experts;
+    const int k = c.num_experts_per_tok;
+    auto route = [&](const Tensor& in, Tensor& weights, Tensor& ids) {
+      const int64_t rows = in.size(0);
+      Tensor logits = be.allocate({rows, c.num_experts}, dt);
+      weights = be.allocate({rows, k}, DType::f32);
+      ids = be.allocate({rows, k}, DType::i32);
+      be.linear(in, m.router, nullptr, logits);
+      be.moe_route(logits, k, c.norm_topk_prob, weights, ids);
+    };
+    auto report_routing = [&](const Tensor& ids) {
+      if (!hooks.routing) return;
+      std::vector<int32_t> host(static_cast<size_t>(ids.numel()));
+      be.download(ids, host.data());
+      hooks.routing(layer.index, host);
+    };
+    const int expert_begin = static_cast<int>(plan.experts.begin);
+    if (dp == 1 || !comms_.moe) {
+      // Tokens are the same on every rank of the group: each adds what its experts (or expert slices)
+      // give, and the tensor-parallel all-reduce sums the ranks.
+      Tensor weights, ids;
+      route(x, weights, ids);
+      report_routing(ids);
+      be.moe_experts(x, weights, ids, m.gate_up, m.down, expert_begin, delta);
+      return;
+    }
+    Communicator& group = *comms_.moe;
+    const int size = group.size(), me = group.rank();
+    // With dp > 1 the stage's tp × dp ranks hold the experts together. Each data-parallel rank's
+    // tokens are present on its tp ranks; tensor-parallel rank 0 speaks for them.
+    const bool speaker = shard_.tp_rank == 0;
+    const int64_t mine = speaker ? t : 0;
+    std::vector<int64_t> counts(size);
+    group.all_gather_counts(std::span(&mine, 1), counts);
+    be.zero(delta);
+    if (!shard_.layout.enable_expert_parallel) {
+      span("moe_dispatch", true);
+      int64_t total = 0;
+      for (int64_t n : counts) total += n;
+      Tensor gathered = be.allocate({total, h}, dt);
+      group.all_gather(x.rows(0, mine), gathered, counts);
+      span("moe_dispatch", false);
+      Tensor weights, ids;
+      route(gathered, weights, ids);
+      int64_t offset = 0;
+      for (int q = 0; q < me; ++q) offset += counts[q];
+      if (speaker) report_routing(ids.rows(offset, offset + mine));
+      Tensor partial = be.allocate({total, h}, dt);
+      be.moe_experts(gathered, weights, ids, m.gate_up, m.down, expert_begin, partial);
+      span("moe_combine", true);
+      group.reduce_scatter(partial, delta.rows(0, mine), counts);
+      span("moe_combine", false);
+      return;
+    }
+    // Expert parallel across data-parallel ranks: each (token, expert) pair travels to the rank that
+    // holds the expert and its result comes back (all-to-all dispatch and combine).
+    Tensor weights, ids;
+    route(x, weights, ids);
+    std::vector<int32_t> host_ids(static_cast<size_t>(speaker ? t * k : 0));
+    std::vector<float> host_weights(host_ids.size());
+    if (speaker) {
+      be.download(ids, host_ids.data());
+      be.download(weights, host_weights.data());
+      if (hooks.routing) hooks.routing(layer.index, host_ids);
+    }
+    span("moe_dispatch", true);
+    const int64_t per_rank = c.num_experts / size;
+    std::vector<int64_t> send(size, 0);
+    for (int32_t e : host_ids) ++send[e / per_rank];
+    std::vector<int32_t> pair_token, pair_expert;
+    std::vector<float> pair_weight;
+    for (int dest = 0; dest < size; ++dest) {
+      for (size_t i = 0; i < host_ids.size(); ++i) {
+        if (host_ids[i] / per_rank != dest) continue;
+        pair_token.push_back(static_cast<int32_t>(i / k));
+        pair_expert.push_back(host_ids[i]);
+        pair_weight.push_back(host_weights[i]);
+      }
+    }
+    std::vector<int64_t> matrix(static_cast<size_t>(size) * size);
+    group.all_gather_counts(send, matrix);
+    std::vector<int64_t> recv(size);
+    int64_t received = 0;
+    for (int q = 0; q < size; ++q) received += recv[q] = matrix[q * size + me];
+    const int64_t pairs = static_cast<int64_t>(pair_token.size());
+    Tensor send_x = be.allocate({pairs, h}, dt);
+    be.embedding(x, pass.upload_i32(pair_token), send_x);
+    Tensor send_ids = pass.upload_i32(pair_expert).reshape({pairs, 1});
+    Tensor send_w = pass.upload_f32(pair_weight, 1);
+    Tensor recv_x = be.allocate({received, h}, dt);
+    Tensor recv_ids = be.allocate({received, 1}, DType::i32);
+    Tensor recv_w = be.allocate({received, 1}, DType::f32);
+    group.all_to_all(send_x, send, recv_x, recv);
+    group.all_to_all(send_ids, send, recv_ids, recv);
+    group.all_to_all(send_w, send, recv_w, recv);
+    span("moe_dispatch", false);
+    Tensor y = be.allocate({received, h}, dt);
+    be.moe_experts(recv_x, recv_w, recv_ids, m.gate_up, m.down, expert_begin, y);
+    span("moe_combine", true);
+    Tensor back = be.allocate({pairs, h}, dt);
+    group.all_to_all(y, recv, back, send);
+    be.scatter_add_rows(back, pass.upload_i32(pair_token), delta);
+    span("moe_combine", false);
+  };
+
+  for (size_t li = 0; li < w.layers.size(); ++li) {
+    const Weights::Layer& layer = w.layers[li];
+    if (li == 0) {
       be.rms_norm(residual, layer.input_norm, eps, x);
     } else {
       be.add_rms_norm(residual, delta, layer.input_norm, eps, x);
     }
     be.linear(x, layer.qkv, layer.qkv_bias.defined() ? &layer.qkv_bias : nullptr, qkv);
     if (c.qk_norm) be.qk_norm(qkv, layout, layer.q_norm, layer.k_norm, eps);
-    be.rope_store_kv(qkv, layout, meta, w.rope, cache.layers[l]);
-    be.attention(qkv, layout, cache.layers[l], meta, scale, attn);
+    be.rope_store_kv(qkv, layout, meta, w.rope, cache.layers[li]);
+    be.attention(qkv, layout, cache.layers[li], meta, scale, attn);
     be.linear(attn, layer.o, layer.o_bias.defined() ? &layer.o_bias : nullptr, delta);
+    if (comms_.tp) comms_.tp->all_reduce(delta);
     be.add_rms_norm(residual, delta, layer.post_attention_norm, eps, x);
     if (!layer.moe) {
       run_mlp(layer.mlp, x, delta);
-      continue;
+    } else {
+      run_moe(layer);
+      const Moe& m = layer.experts;
+      if (m.has_shared) {
+        Tensor shared = be.allocate({t, h}, dt);
+        Tensor gate = be.allocate({t, 1}, dt);
+        run_mlp(m.shared, x, shared);
+        be.linear(x, m.shared_gate, nullptr, gate);
+        be.add_sigmoid_gated(shared, gate, delta);
+      }
     }
-    const Moe& m = layer.experts;
-    const int k = c.num_experts_per_tok;
-    Tensor router_logits = be.allocate({t, c.num_experts}, dt);
-    Tensor topk_weights = be.allocate({t, k}, DType::f32);
-    Tensor topk_ids = be.allocate({t, k}, DType::i32);
-    be.linear(x, m.router, nullptr, router_logits);
-    be.moe_route(router_logits, k, c.norm_topk_prob, topk_weights, topk_ids);
-    be.moe_experts(x, topk_weights, topk_ids, m.gate_up, m.down, 0, delta);
-    if (m.has_shared) {
-      Tensor shared = be.allocate({t, h}, dt);
-      Tensor gate = be.allocate({t, 1}, dt);
-      run_mlp(m.shared, x, shared);
-      be.linear(x, m.shared_gate, nullptr, gate);
-      be.add_sigmoid_gated(shared, gate, delta);
-    }
+    if (comms_.tp) comms_.tp->all_reduce(delta);
   }
-  be.add(delta, residual);
+  if (!w.layers.empty()) be.add(delta, residual);
+  if (!shard_.last_stage()) {
+    comms_.next->send(residual, 1);
+    return {};
+  }
 
   // Only the rows that need logits go through the final norm and the LM head.
   const int64_t rows = static_cast<int64_t>(batch.logits_indices.size());
   Tensor picked = be.allocate({rows, h}, dt);
-  be.embedding(residual, upload_i32(batch.logits_indices, {rows}), picked);
+  be.embedding(residual, pass.upload_i32(batch.logits_indices), picked);
   Tensor normed = be.allocate({rows, h}, dt);
   be.rms_norm(picked, w.final_norm, eps, normed);
+  Tensor local = be.allocate({rows, plan.vocab_rows}, dt);
+  be.linear(normed, w.lm_head, nullptr, local);
+  if (!comms_.tp) return local;
+  Tensor stacked = be.allocate({tp, rows, plan.vocab_rows}, dt);
+  std::vector<int64_t> each(tp, rows);
+  comms_.tp->all_gather(local, stacked.reshape({tp * rows, plan.vocab_rows}), each);
   Tensor logits = be.allocate({rows, c.vocab_size}, dt);
-  be.linear(normed, w.lm_head, nullptr, logits);
+  be.unstack_columns(stacked, logits);
   return logits;
 }
 

@@ -257,6 +257,12 @@ class CudaBackend final : public Backend {
     not_implemented("moe_experts");
   }
   void add_sigmoid_gated(const Tensor&, const Tensor&, const Tensor&) override { not_implemented("add_sigmoid_gated"); }
+  void scatter_add_rows(const Tensor&, const Tensor&, const Tensor&) override { not_implemented("scatter_add_rows"); }
+  void unstack_columns(const Tensor&, const Tensor&) override { not_implemented("unstack_columns"); }
+  void zero(const Tensor& t) override {
+    TROUPE_CUDA_CHECK(cudaSetDevice(device_));
+    TROUPE_CUDA_CHECK(cudaMemsetAsync(t.data(), 0, t.nbytes(), stream_));
+  }
 
  private:
   // The worker thread that owns this backend may also touch other devices (NCCL setup, tests), so
