@@ -1,5 +1,6 @@
 #include "engine/tokenizer.hpp"
 
+#include <boost/json.hpp>
 #include <simdjson.h>
 
 #include <algorithm>
@@ -355,14 +356,13 @@ std::unique_ptr<Bpe> load_model(const object& m) {
 }
 
 // bos_token / eos_token in tokenizer_config.json: a string, or {"content": ...} in older files.
-std::string config_token(const object& cfg, const char* key) {
-  element e;
-  if (cfg[key].get(e) != simdjson::SUCCESS || e.is_null()) return {};
-  std::string_view s;
-  if (e.get_string().get(s) == simdjson::SUCCESS) return std::string(s);
-  object o;
-  if (e.get_object().get(o) == simdjson::SUCCESS) {
-    if (auto c = opt_str_field(o, "content")) return *c;
+std::string config_token(const boost::json::object& cfg, const char* key) {
+  auto it = cfg.find(key);
+  if (it == cfg.end()) return {};
+  if (it->value().is_string()) return std::string(it->value().get_string());
+  if (it->value().is_object()) {
+    auto c = it->value().get_object().find("content");
+    if (c != it->value().get_object().end() && c->value().is_string()) return std::string(c->value().get_string());
   }
   return {};
 }
@@ -477,15 +477,13 @@ Tokenizer Tokenizer::from_model_dir(const std::filesystem::path& dir) {
   Tokenizer t = from_file(dir / "tokenizer.json");
   std::filesystem::path cfg_path = dir / "tokenizer_config.json";
   if (std::filesystem::exists(cfg_path)) {
-    std::string text = read_file(cfg_path);
-    simdjson::dom::parser parser;
-    simdjson::padded_string padded(text);
-    element root;
-    object cfg;
-    if (parser.parse(padded).get(root) != simdjson::SUCCESS || root.get_object().get(cfg) != simdjson::SUCCESS)
-      throw ConfigError(cfg_path.string() + ": not a JSON object");
-    t.impl_->bos_token = config_token(cfg, "bos_token");
-    t.impl_->eos_token = config_token(cfg, "eos_token");
+    // Boost.JSON here: these configs hold integers past 64 bits (model_max_length), which simdjson
+    // refuses.
+    boost::system::error_code ec;
+    boost::json::value cfg = boost::json::parse(read_file(cfg_path), ec);
+    if (ec || !cfg.is_object()) throw ConfigError(cfg_path.string() + ": not a JSON object");
+    t.impl_->bos_token = config_token(cfg.get_object(), "bos_token");
+    t.impl_->eos_token = config_token(cfg.get_object(), "eos_token");
   }
   return t;
 }
