@@ -7,7 +7,7 @@
 namespace troupe {
 
 void StepBatch::add_sequence(std::span<const int32_t> tokens, int start, std::span<const int32_t> block_table,
-                             bool all_logits) {
+                             Logits logits) {
   const int n = static_cast<int>(tokens.size());
   const int end = start + n;
   if (n == 0) throw std::invalid_argument("StepBatch: a sequence needs at least one new token");
@@ -24,9 +24,9 @@ void StepBatch::add_sequence(std::span<const int32_t> tokens, int start, std::sp
   query_start.push_back(num_tokens());
   context_lens.push_back(end);
   block_tables.emplace_back(block_table.begin(), block_table.end());
-  if (all_logits) {
+  if (logits == Logits::all) {
     for (int i = 0; i < n; ++i) logits_indices.push_back(first_row + i);
-  } else {
+  } else if (logits == Logits::last) {
     logits_indices.push_back(first_row + n - 1);
   }
 }

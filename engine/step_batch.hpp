@@ -8,6 +8,9 @@
 
 namespace troupe {
 
+// Which of a sequence's new rows need logits.
+enum class Logits : uint8_t { none, last, all };
+
 struct StepBatch {
   int block_size = 16;
   std::vector<int32_t> token_ids;     // [T]
@@ -19,10 +22,10 @@ struct StepBatch {
   std::vector<int32_t> logits_indices;  // rows of the batch whose logits are wanted, in order
 
   // Appends a sequence whose tokens [start, start + tokens.size()) are computed this step; earlier
-  // tokens are already in the cache. `block_table` must cover start + tokens.size() tokens. Wants the
-  // logits of every new token when `all_logits`, else of the last one only.
+  // tokens are already in the cache. `block_table` must cover start + tokens.size() tokens. `logits`
+  // says which of the new rows go into logits_indices.
   void add_sequence(std::span<const int32_t> tokens, int start, std::span<const int32_t> block_table,
-                    bool all_logits = false);
+                    Logits logits = Logits::last);
 
   int num_seqs() const { return static_cast<int>(context_lens.size()); }
   int num_tokens() const { return static_cast<int>(token_ids.size()); }

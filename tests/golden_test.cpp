@@ -68,7 +68,7 @@ TEST_P(Golden, LogitsAndGreedyContinuationMatchTransformers) {
     std::vector<int32_t> table(blocks);
     std::iota(table.begin(), table.end(), 0);
     StepBatch batch;
-    batch.add_sequence(prompt, 0, table, /*all_logits=*/true);
+    batch.add_sequence(prompt, 0, table, Logits::all);
     std::vector<float> logits(prompt.size() * fixture.vocab);
     backend->download(model.forward(batch, cache), logits.data());
     for (size_t i = 0; i < logits.size(); ++i) {

@@ -29,7 +29,7 @@ std::vector<float> alone(Model& model, const std::vector<int32_t>& tokens) {
   std::vector<int32_t> table(blocks);
   std::iota(table.begin(), table.end(), 0);
   StepBatch batch;
-  batch.add_sequence(tokens, 0, table, true);
+  batch.add_sequence(tokens, 0, table, Logits::all);
   std::vector<float> out(tokens.size() * model.config().vocab_size);
   model.backend().download(model.forward(batch, cache), out.data());
   return out;
@@ -72,7 +72,7 @@ TEST_P(ModelBatch, PrefillOfNineRaggedSequencesEqualsEachAlone) {
   const std::vector<Seq> seqs = make_sequences(vocab, 9, blocks);
   KvCache cache = model.allocate_kv_cache(blocks, kBlock);
   StepBatch batch;
-  for (const Seq& s : seqs) batch.add_sequence(s.tokens, 0, s.table, true);
+  for (const Seq& s : seqs) batch.add_sequence(s.tokens, 0, s.table, Logits::all);
   std::vector<float> together(batch.logits_indices.size() * vocab);
   backend->download(model.forward(batch, cache), together.data());
 
@@ -106,7 +106,7 @@ TEST_P(ModelBatch, StepsMixingChunkedPrefillAndDecodeEqualEachAlone) {
   StepBatch second;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (done[i] == static_cast<int>(seqs[i].tokens.size())) continue;
-    second.add_sequence(std::span(seqs[i].tokens).subspan(done[i]), done[i], seqs[i].table, true);
+    second.add_sequence(std::span(seqs[i].tokens).subspan(done[i]), done[i], seqs[i].table, Logits::all);
   }
   ASSERT_GE(second.num_seqs(), 5);
   std::vector<float> got(second.logits_indices.size() * vocab);

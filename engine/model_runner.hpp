@@ -1,0 +1,41 @@
+// What one worker does with a micro-batch: run its model shard's forward pass over its KV cache and,
+// on the last pipeline stage's first tensor-parallel rank, sample each sequence's next token. Holds
+// the per-sequence sampler state (seeds, penalty counts) across steps, as a model runner does in vLLM.
+#pragma once
+
+#include <memory>
+#include <unordered_map>
+
+#include "engine/model.hpp"
+#include "engine/step_plan.hpp"
+
+namespace troupe {
+
+class ModelRunner {
+ public:
+  // `model` must use `backend`. The runner owns both.
+  ModelRunner(std::unique_ptr<Backend> backend, std::unique_ptr<Model> model);
+  ~ModelRunner();
+
+  Model& model() { return *model_; }
+  Backend& backend() { return *backend_; }
+  // This rank turns logits into tokens (last stage, tensor-parallel rank 0).
+  bool samples() const { return model_->shard().last_stage() && model_->shard().tp_rank == 0; }
+
+  // Bytes one KV block takes on this rank (k and v of its layers and kv heads).
+  int64_t kv_bytes_per_block(int block_size) const;
+  void allocate_kv_cache(int num_blocks, int block_size);
+  int num_blocks() const { return cache_.num_blocks; }
+
+  // Runs the plan's batch. The result carries sampled tokens on the sampling rank, nothing elsewhere.
+  StepResult run(const StepPlan& plan, const ForwardHooks& hooks = {});
+
+ private:
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Model> model_;
+  KvCache cache_;
+  std::unordered_map<SeqId, SequenceSampler> samplers_;
+  std::vector<float> logits_;
+};
+
+}  // namespace troupe
