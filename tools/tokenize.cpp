@@ -3,7 +3,9 @@
 // the server uses.
 #include <boost/json.hpp>
 #include <boost/program_options.hpp>
+#include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -47,6 +49,35 @@ std::vector<int32_t> parse_ids_line(const std::string& line, size_t lineno) {
   return ids;
 }
 
+// Encode throughput on the strings of a JSON-lines file (tools/tokenizer_bench.mjs drives it and
+// times Hugging Face's library on the same file). Only the encode calls are timed: the file is read
+// and parsed first, one warm-up pass fills the BPE cache as the reference's warm-up does, then the
+// best of `repeat` passes counts.
+int run_benchmark(const Tokenizer& tok, const std::string& file, int repeat, bool add_special) {
+  std::ifstream in(file);
+  if (!in) throw ConfigError("--benchmark: cannot read " + file);
+  std::vector<std::string> texts;
+  std::string line;
+  size_t lineno = 0, bytes = 0;
+  while (std::getline(in, line)) {
+    texts.push_back(parse_string_line(line, ++lineno));
+    bytes += texts.back().size();
+  }
+  size_t tokens = 0;
+  for (const std::string& t : texts) tokens += tok.encode(t, add_special).size();
+  double best = 1e300;
+  for (int r = 0; r < repeat; ++r) {
+    auto start = std::chrono::steady_clock::now();
+    size_t n = 0;
+    for (const std::string& t : texts) n += tok.encode(t, add_special).size();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (n != tokens) throw std::logic_error("benchmark: encode is not deterministic");
+    best = std::min(best, s);
+  }
+  std::printf("{\"strings\": %zu, \"bytes\": %zu, \"tokens\": %zu, \"seconds\": %.6f}\n", texts.size(), bytes, tokens, best);
+  return 0;
+}
+
 }  // namespace
 
 int tokenize_command(int argc, char** argv) {
@@ -55,6 +86,8 @@ int tokenize_command(int argc, char** argv) {
       "(the ids Hugging Face's tokenizers library gives for encode(text), special tokens included)");
   std::string model_dir, tokenizer_file;
   bool no_special = false, decode = false, skip_special = false;
+  std::string bench_file;
+  int repeat = 3;
   // clang-format off
   flags.add_options()
       ("help,h", "show this help")
@@ -62,7 +95,9 @@ int tokenize_command(int argc, char** argv) {
       ("tokenizer", po::value(&tokenizer_file), "a tokenizer.json file, instead of --model")
       ("no-special-tokens", po::bool_switch(&no_special), "encode without the post-processor's special tokens (BOS)")
       ("decode", po::bool_switch(&decode), "the reverse: one JSON array of ids per line -> one JSON string per line")
-      ("skip-special-tokens", po::bool_switch(&skip_special), "with --decode: leave special tokens out of the text");
+      ("skip-special-tokens", po::bool_switch(&skip_special), "with --decode: leave special tokens out of the text")
+      ("benchmark", po::value(&bench_file), "time encoding the strings of this JSON-lines file (encode calls only) and print a JSON summary")
+      ("repeat", po::value(&repeat), "with --benchmark: timed passes, the best counts (default 3)");
   // clang-format on
   try {
     po::variables_map vm;
@@ -85,6 +120,7 @@ int tokenize_command(int argc, char** argv) {
 
   try {
     Tokenizer tok = model_dir.empty() ? Tokenizer::from_file(tokenizer_file) : Tokenizer::from_model_dir(model_dir);
+    if (!bench_file.empty()) return run_benchmark(tok, bench_file, std::max(1, repeat), !no_special);
     std::string line, out;
     size_t lineno = 0;
     while (std::getline(std::cin, line)) {
