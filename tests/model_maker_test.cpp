@@ -456,7 +456,9 @@ TEST(Presets, RealModelsHaveTheHubConfigs) {
     EXPECT_EQ(c.num_experts_per_tok, e.top_k);
     EXPECT_EQ(c.moe_intermediate_size, e.moe_inter);
     EXPECT_EQ(c.shared_expert_intermediate_size, e.shared);
-    if (c.is_moe()) EXPECT_EQ(c.norm_topk_prob, e.norm_topk);
+    if (c.is_moe()) {
+      EXPECT_EQ(c.norm_topk_prob, e.norm_topk);
+    }
     EXPECT_EQ(c.rope_scaling.type, e.rope_factor > 0 ? "llama3" : "");
     if (e.rope_factor > 0) {
       EXPECT_DOUBLE_EQ(c.rope_scaling.factor, e.rope_factor);
