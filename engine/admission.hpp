@@ -34,6 +34,13 @@ struct AdmissionResult {
   std::vector<SeqId> preempted;     // lost their blocks; back to waiting, recomputed later
 };
 
+// The tokens of a sequence whose KV is now computed up to num_computed, for the prefix cache.
+struct BlockCommit {
+  SeqId seq = 0;
+  std::vector<int32_t> tokens;
+  int num_computed = 0;
+};
+
 AdmissionResult admit(BlockManager& blocks, const std::vector<BlockCandidate>& candidates, int token_budget,
                       int max_seqs);
 

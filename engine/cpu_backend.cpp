@@ -310,7 +310,9 @@ class CpuBackend final : public Backend {
     require_f32(down, "moe_experts");
     const int64_t experts = gate_up.size(0), i2 = gate_up.size(1), h = gate_up.size(2), inter = i2 / 2;
     require(down.size(0) == experts && down.size(1) == h && down.size(2) == inter, "moe_experts", "expert shapes");
-    const int64_t t = x.numel() / h, k = topk_ids.numel() / t;
+    const int64_t t = x.numel() / h;
+    if (t == 0) return;
+    const int64_t k = topk_ids.numel() / t;
     std::vector<float> gu(static_cast<size_t>(i2)), act(static_cast<size_t>(inter)), y(static_cast<size_t>(h));
     std::fill(out.as<float>(), out.as<float>() + out.numel(), 0.0f);
     for (int64_t r = 0; r < t; ++r) {
@@ -331,7 +333,9 @@ class CpuBackend final : public Backend {
   void add_sigmoid_gated(const Tensor& x, const Tensor& gate, const Tensor& inout) override {
     require_f32(x, "add_sigmoid_gated");
     require_f32(gate, "add_sigmoid_gated");
-    const int64_t t = gate.numel(), h = x.numel() / t;
+    const int64_t t = gate.numel();
+    if (t == 0) return;
+    const int64_t h = x.numel() / t;
     for (int64_t r = 0; r < t; ++r) {
       const float g = 1.0f / (1.0f + std::exp(-gate.as<float>()[r]));
       for (int64_t i = 0; i < h; ++i) inout.as<float>()[r * h + i] += g * x.as<float>()[r * h + i];

@@ -67,10 +67,12 @@ int64_t Scheduler::outstanding_tokens() const {
   return n;
 }
 
-std::optional<StepPlan> Scheduler::plan(const AdmissionResult& admission) {
+std::optional<StepPlan> Scheduler::plan(const AdmissionResult& admission, bool allow_empty, std::vector<SeqId>& stale) {
   // Preempted sequences lose their KV and go back to the front of the queue, to be recomputed.
   for (auto it = admission.preempted.rbegin(); it != admission.preempted.rend(); ++it) {
-    Sequence& s = seqs_.at(*it);
+    auto found = seqs_.find(*it);
+    if (found == seqs_.end()) continue;  // aborted meanwhile; its blocks are already gone
+    Sequence& s = found->second;
     s.running = false;
     s.fresh = true;
     s.num_computed = 0;
@@ -78,13 +80,22 @@ std::optional<StepPlan> Scheduler::plan(const AdmissionResult& admission) {
     waiting_.push_front(s.id);
     ++preemptions_;
   }
-  if (admission.admitted.empty()) return std::nullopt;
+  std::vector<const Admission*> admitted;
+  for (const Admission& a : admission.admitted) {
+    if (seqs_.count(a.seq)) {
+      admitted.push_back(&a);
+    } else {
+      stale.push_back(a.seq);
+    }
+  }
+  if (admitted.empty() && !allow_empty) return std::nullopt;
 
   StepPlan plan;
   plan.micro_batch = next_micro_batch_++;
   plan.released = std::move(released_);
   released_.clear();
-  for (const Admission& a : admission.admitted) {
+  for (const Admission* ap : admitted) {
+    const Admission& a = *ap;
     Sequence& s = seqs_.at(a.seq);
     if (!s.running) {
       s.running = true;
@@ -112,7 +123,7 @@ std::optional<StepPlan> Scheduler::plan(const AdmissionResult& admission) {
 }
 
 std::vector<SequenceUpdate> Scheduler::complete(const StepPlan& plan, const StepResult& result,
-                                                std::vector<SeqId>& to_free) {
+                                                std::vector<SeqId>& to_free, std::vector<BlockCommit>& commits) {
   if (!result.error.empty()) return fail(plan, to_free);
   --in_flight_;
   std::vector<SequenceUpdate> updates;
@@ -134,7 +145,10 @@ std::vector<SequenceUpdate> Scheduler::complete(const StepPlan& plan, const Step
       u.aborted = true;
       gone = true;
     } else {
+      const int before = s.num_computed;
       s.num_computed += plan.chunk[i];
+      if (config_.prefix_caching && s.num_computed / config_.block_size > before / config_.block_size)
+        commits.push_back({s.id, std::vector<int32_t>(s.tokens.begin(), s.tokens.begin() + s.num_computed), s.num_computed});
       if (sampled) {
         s.tokens.push_back(sampled->token);
         u.tokens.push_back(*sampled);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -20,6 +21,8 @@ struct SchedulerConfig {
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
   int max_model_len = 4096;  // prompt + output tokens of one sequence at most
+  int block_size = 16;
+  bool prefix_caching = true;
   std::vector<int32_t> eos_token_ids;
 };
 
@@ -29,6 +32,7 @@ struct SequenceUpdate {
   std::vector<SampledToken> tokens;  // new tokens (zero or one per step)
   FinishReason finish = FinishReason::none;
   bool aborted = false;
+  std::string error;  // set when the step failed (a worker error)
   int num_prompt_tokens = 0;
   int num_output_tokens = 0;
   int num_cached_tokens = 0;  // prompt tokens served by the prefix cache at first schedule
@@ -49,15 +53,20 @@ class Scheduler {
   // served), then waiting ones; none that is in flight.
   std::vector<BlockCandidate> candidates() const;
   // Builds the micro-batch from what the block manager granted, marks its sequences in flight, and
-  // puts preempted sequences back in the waiting queue. nullopt when nothing was admitted.
-  std::optional<StepPlan> plan(const AdmissionResult& admission);
+  // puts preempted sequences back in the waiting queue. nullopt when nothing was admitted, unless
+  // `allow_empty` (a data-parallel rank that must step with the others). Admitted sequences that were
+  // aborted meanwhile are left out and put in `stale` (their blocks must be freed).
+  std::optional<StepPlan> plan(const AdmissionResult& admission, bool allow_empty, std::vector<SeqId>& stale);
   // Applies a finished micro-batch: computed tokens, sampled tokens, finishes. Finished and aborted
-  // sequences are gone afterwards; `to_free` receives those that held blocks.
-  std::vector<SequenceUpdate> complete(const StepPlan& plan, const StepResult& result, std::vector<SeqId>& to_free);
+  // sequences are gone afterwards; `to_free` receives those that held blocks, `commits` the
+  // sequences that completed a KV block (to be committed before the frees).
+  std::vector<SequenceUpdate> complete(const StepPlan& plan, const StepResult& result, std::vector<SeqId>& to_free,
+                                       std::vector<BlockCommit>& commits);
   // Fails every sequence of a micro-batch (a worker error); they are gone afterwards.
   std::vector<SequenceUpdate> fail(const StepPlan& plan, std::vector<SeqId>& to_free);
 
-  bool has_schedulable() const;  // a sequence not in flight that wants tokens
+  bool has_schedulable() const;
+  bool knows(SeqId id) const { return seqs_.count(id) > 0; }  // a sequence not in flight that wants tokens
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
   int in_flight() const { return in_flight_; }

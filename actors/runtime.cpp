@@ -1,0 +1,385 @@
+#include "actors/runtime.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <unordered_map>
+
+#include "actors/dp_coordinator.hpp"
+#include "actors/expert_shard.hpp"
+#include "actors/kv_block_manager.hpp"
+#include "actors/pipeline_stage.hpp"
+#include "actors/request.hpp"
+#include "actors/router.hpp"
+#include "actors/scheduler.hpp"
+#include "actors/worker.hpp"
+#include "config/error.hpp"
+#include "config/generation_config.hpp"
+#include "engine/thread_communicator.hpp"
+
+namespace troupe {
+namespace {
+
+caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads) {
+  // The sharing policy blocks idle scheduler threads on a condition variable; work stealing polls,
+  // which would take cores from the workers on a small machine.
+  cfg.set("scheduler.policy", caf::atom("sharing"));
+  cfg.set("scheduler.max-threads", static_cast<size_t>(threads > 0 ? threads : 2));
+  cfg.set("logger.console", caf::atom("none"));
+  return cfg;
+}
+
+constexpr int64_t kDefaultCpuKvBytes = int64_t{1} << 30;
+
+}  // namespace
+
+bool RuntimeStats::all_idle() const {
+  for (const auto& d : dp)
+    if (!d.idle) return false;
+  return true;
+}
+uint64_t RuntimeStats::prefix_queries() const {
+  uint64_t n = 0;
+  for (const auto& d : dp) n += d.prefix_queries;
+  return n;
+}
+uint64_t RuntimeStats::prefix_hits() const {
+  uint64_t n = 0;
+  for (const auto& d : dp) n += d.prefix_hits;
+  return n;
+}
+uint64_t RuntimeStats::preemptions() const {
+  uint64_t n = 0;
+  for (const auto& d : dp) n += d.preemptions;
+  return n;
+}
+
+struct Runtime::Impl {
+  RuntimeOptions options;
+  ModelConfig config;
+  int max_model_len = 0;
+  std::vector<std::string> startup;
+  std::vector<int32_t> eos;
+
+  // Declared before the actor system, so they outlive it and the workers that use them.
+  std::unique_ptr<TraceRecorder> trace;
+  std::vector<std::vector<std::unique_ptr<Communicator>>> groups;
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> system;
+  std::vector<caf::actor> workers, stages, schedulers, kv_managers, expert_shards;
+  caf::actor router, coordinator;
+
+  std::mutex mutex;
+  std::condition_variable idle_cv;
+  std::unordered_map<SeqId, caf::actor> live;
+  std::atomic<SeqId> next_id{1};
+
+  void log(const std::string& line) {
+    startup.push_back(line);
+    if (options.log) options.log(line);
+  }
+  void build();
+  void stop_all();
+};
+
+void Runtime::Impl::build() {
+  const ParallelConfig& p = options.parallel;
+  const int tp = p.tensor_parallel_size, pp = p.pipeline_parallel_size, dp = p.data_parallel_size;
+  if (options.block_size < 1 || options.block_size > 1024)
+    throw ConfigError("--block-size must be in [1, 1024], got " + std::to_string(options.block_size));
+  for (const std::string& w : validate_parallel_config(p, config)) log("warning: " + w);
+  GenerationConfig generation = load_generation_config(options.model_dir);
+  eos.assign(generation.eos_token_ids.begin(), generation.eos_token_ids.end());
+  if (eos.empty()) eos.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
+
+  system = std::make_unique<caf::actor_system>(configure(cfg, options.actor_threads));
+  if (!options.trace_file.empty()) trace = std::make_unique<TraceRecorder>();
+
+  // Communicator groups: tensor-parallel groups, each stage's MoE group across data-parallel ranks,
+  // and neighbouring stages' pairs.
+  const int world = p.world_size();
+  std::vector<ShardComms> comms(world);
+  std::vector<std::vector<size_t>> groups_of(world);
+  auto add_group = [&](const std::vector<int>& ranks) {
+    auto group = make_thread_group(static_cast<int>(ranks.size()));
+    for (size_t i = 0; i < ranks.size(); ++i) groups_of[ranks[i]].push_back(groups.size());
+    groups.push_back(std::move(group));
+    return groups.size() - 1;
+  };
+  for (int d = 0; d < dp; ++d)
+    for (int s = 0; s < pp; ++s) {
+      if (tp == 1) continue;
+      std::vector<int> ranks;
+      for (int t = 0; t < tp; ++t) ranks.push_back(p.rank(d, s, t));
+      const size_t g = add_group(ranks);
+      for (int t = 0; t < tp; ++t) comms[ranks[t]].tp = groups[g][t].get();
+    }
+  const bool moe_across_dp = config.is_moe() && dp > 1;
+  for (int s = 0; s < pp && moe_across_dp; ++s) {
+    std::vector<int> ranks;
+    for (int d = 0; d < dp; ++d)
+      for (int t = 0; t < tp; ++t) ranks.push_back(p.rank(d, s, t));
+    const size_t g = add_group(ranks);
+    for (size_t i = 0; i < ranks.size(); ++i) comms[ranks[i]].moe = groups[g][i].get();
+  }
+  for (int d = 0; d < dp; ++d)
+    for (int s = 0; s + 1 < pp; ++s)
+      for (int t = 0; t < tp; ++t) {
+        const int a = p.rank(d, s, t), b = p.rank(d, s + 1, t);
+        const size_t g = add_group({a, b});
+        comms[a].next = groups[g][0].get();
+        comms[b].prev = groups[g][1].get();
+      }
+
+  // Expert shards, one per expert-parallel rank of each stage.
+  std::vector<std::vector<caf::actor>> stage_shards(pp);
+  if (config.is_moe() && p.enable_expert_parallel) {
+    for (int s = 0; s < pp; ++s)
+      for (int r = 0; r < p.moe_group_size(); ++r) {
+        auto [b, e] = expert_range(config.num_experts, p.moe_group_size(), r);
+        stage_shards[s].push_back(spawn_expert_shard(*system, {s, r, b, e}));
+        expert_shards.push_back(stage_shards[s].back());
+      }
+  }
+
+  // Workers: load every shard in parallel, then size the KV cache.
+  const int wanted_len = options.max_model_len > 0 ? options.max_model_len : config.max_position_embeddings;
+  for (int d = 0; d < dp; ++d)
+    for (int s = 0; s < pp; ++s)
+      for (int t = 0; t < tp; ++t) {
+        const int r = p.rank(d, s, t);
+        WorkerSpec spec;
+        spec.rank = r;
+        spec.shard = {p, t, s, d};
+        spec.comms = comms[r];
+        std::vector<Communicator*> mine;
+        for (size_t g : groups_of[r])
+          for (auto& c : groups[g])
+            if (c) mine.push_back(c.get());
+        spec.abort_comms = [mine](const std::string& why) {
+          for (Communicator* c : mine) abort_group(*c, why);
+        };
+        spec.model_dir = options.model_dir;
+        spec.device = options.device;
+        spec.device_index = r;
+        spec.max_positions = wanted_len;
+        spec.trace = trace.get();
+        spec.expert_shards = stage_shards[s];
+        workers.push_back(spawn_worker(*system, std::move(spec)));
+      }
+  caf::scoped_actor self{*system};
+  std::vector<WorkerInfo> infos(world);
+  for (int r = 0; r < world; ++r) {
+    std::string failure;
+    self->request(workers[r], caf::infinite, atoms::load::value)
+        .receive([&](WorkerInfo& info) { infos[r] = std::move(info); },
+                 [&](caf::error& e) { failure = system->render(e); });
+    if (!failure.empty()) {
+      stop_all();
+      system->await_all_actors_done();
+      throw std::runtime_error(failure);
+    }
+    log(infos[r].description);
+  }
+
+  // One block count per data-parallel rank: the most that every worker of the replica can hold.
+  std::vector<int> blocks(dp);
+  for (int d = 0; d < dp; ++d) {
+    int64_t n = INT32_MAX;
+    for (int s = 0; s < pp; ++s)
+      for (int t = 0; t < tp; ++t) {
+        const int64_t per_block = infos[p.rank(d, s, t)].kv_bytes_per_block * options.block_size;
+        const int64_t budget = options.kv_cache_memory > 0 ? options.kv_cache_memory : kDefaultCpuKvBytes;
+        n = std::min<int64_t>(n, per_block > 0 ? budget / per_block : INT32_MAX);
+      }
+    blocks[d] = options.num_blocks_override > 0 ? options.num_blocks_override : static_cast<int>(n);
+    if (blocks[d] < 1) throw ConfigError("the KV cache budget holds no block; raise --kv-cache-memory");
+  }
+  const int capacity = *std::min_element(blocks.begin(), blocks.end()) * options.block_size;
+  if (options.max_model_len > 0 && options.max_model_len > capacity)
+    throw ConfigError("--max-model-len (" + std::to_string(options.max_model_len) + ") exceeds the " +
+                      std::to_string(capacity) + " tokens the KV cache holds; lower it or give the cache more memory");
+  max_model_len = std::min(wanted_len, capacity);
+  for (int d = 0; d < dp; ++d) {
+    for (int s = 0; s < pp; ++s)
+      for (int t = 0; t < tp; ++t) {
+        self->request(workers[p.rank(d, s, t)], caf::infinite, atoms::allocate::value, blocks[d], options.block_size)
+            .receive([](int) {}, [&](caf::error& e) { throw std::runtime_error(system->render(e)); });
+      }
+    log("dp" + std::to_string(d) + ": " + std::to_string(blocks[d]) + " KV blocks of " +
+        std::to_string(options.block_size) + " tokens per worker");
+  }
+  log("layout " + p.name() + ", max model length " + std::to_string(max_model_len));
+
+  // The control plane: block managers, schedulers, pipeline stages (last to first), the router.
+  SchedulerConfig sc;
+  sc.max_num_seqs = options.max_num_seqs;
+  sc.max_num_batched_tokens = options.max_num_batched_tokens;
+  sc.max_model_len = max_model_len;
+  sc.block_size = options.block_size;
+  sc.prefix_caching = options.enable_prefix_caching;
+  sc.eos_token_ids = eos;
+  std::vector<caf::actor> first_stages(dp);
+  for (int d = 0; d < dp; ++d) {
+    kv_managers.push_back(spawn_kv_block_manager(*system, blocks[d], options.block_size, options.enable_prefix_caching));
+    SchedulerSpec spec;
+    spec.dp_rank = d;
+    spec.max_in_flight = pp;
+    spec.config = sc;
+    spec.kv_manager = kv_managers.back();
+    spec.trace = trace.get();
+    schedulers.push_back(spawn_scheduler(*system, spec));
+    caf::actor next;
+    for (int s = pp - 1; s >= 0; --s) {
+      StageSpec st;
+      st.dp_rank = d;
+      st.pp_rank = s;
+      for (int t = 0; t < tp; ++t) st.workers.push_back(workers[p.rank(d, s, t)]);
+      st.next = next;
+      st.scheduler = schedulers.back();
+      st.trace = trace.get();
+      next = spawn_pipeline_stage(*system, std::move(st));
+      stages.push_back(next);
+    }
+    first_stages[d] = next;
+  }
+  if (moe_across_dp) coordinator = spawn_dp_coordinator(*system, {schedulers, first_stages, pp});
+  for (int d = 0; d < dp; ++d) self->send(schedulers[d], atoms::plan::value, first_stages[d], coordinator);
+  router = spawn_router(*system, schedulers, options.block_size);
+}
+
+void Runtime::Impl::stop_all() {
+  if (!system) return;
+  caf::scoped_actor self{*system};
+  auto stop = [&](std::vector<caf::actor>& actors) {
+    for (auto& a : actors) self->send_exit(a, caf::exit_reason::user_shutdown);
+    actors.clear();
+  };
+  {
+    std::lock_guard lock(mutex);
+    for (auto& [id, a] : live) self->send_exit(a, caf::exit_reason::user_shutdown);
+    live.clear();
+  }
+  if (router) self->send_exit(router, caf::exit_reason::user_shutdown);
+  if (coordinator) self->send_exit(coordinator, caf::exit_reason::user_shutdown);
+  stop(schedulers);
+  stop(stages);
+  stop(kv_managers);
+  stop(expert_shards);
+  // A worker blocked in a collective is released by failing its groups.
+  for (auto& g : groups)
+    for (auto& c : g) abort_group(*c, "the runtime is shutting down");
+  stop(workers);
+}
+
+Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->options = std::move(options);
+  impl_->config = load_model_config(impl_->options.model_dir);
+  impl_->build();
+}
+
+Runtime::~Runtime() {
+  impl_->stop_all();
+  impl_->system->await_all_actors_done();
+  if (impl_->trace) impl_->trace->write(impl_->options.trace_file);
+}
+
+uint64_t Runtime::submit(std::vector<int32_t> prompt, SamplingParams params, RequestListener listener) {
+  Impl& im = *impl_;
+  if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
+  for (int32_t id : prompt)
+    if (id < 0 || id >= im.config.vocab_size)
+      throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary (" +
+                                  std::to_string(im.config.vocab_size) + " ids)");
+  params.validate();
+  const int n = static_cast<int>(prompt.size());
+  const int max_tokens = params.max_tokens.value_or(im.max_model_len - n);
+  if (n + max_tokens > im.max_model_len) {
+    if (n >= im.max_model_len)
+      throw std::invalid_argument("This model's maximum context length is " + std::to_string(im.max_model_len) +
+                                  " tokens. However, you requested " + std::to_string(n + max_tokens) + " tokens (" +
+                                  std::to_string(n) + " in the messages, " + std::to_string(max_tokens) +
+                                  " in the completion). Please reduce the length of the messages or completion.");
+    throw std::invalid_argument("'max_tokens' or 'max_completion_tokens' is too large: " + std::to_string(max_tokens) +
+                                ". This model's maximum context length is " + std::to_string(im.max_model_len) +
+                                " tokens and your request has " + std::to_string(n) + " input tokens (" +
+                                std::to_string(max_tokens) + " > " + std::to_string(im.max_model_len) + " - " +
+                                std::to_string(n) + ").");
+  }
+  if (!params.max_tokens) params.max_tokens = max_tokens;
+  const SeqId id = im.next_id++;
+  RequestSpec spec;
+  spec.id = id;
+  spec.prompt = std::move(prompt);
+  spec.params = std::move(params);
+  spec.listener = std::move(listener);
+  spec.router = im.router;
+  spec.trace = im.trace.get();
+  spec.on_exit = [&im](SeqId done) {
+    std::lock_guard lock(im.mutex);
+    im.live.erase(done);
+    if (im.live.empty()) im.idle_cv.notify_all();
+  };
+  std::lock_guard lock(im.mutex);
+  im.live[id] = spawn_request(*im.system, std::move(spec));
+  return id;
+}
+
+void Runtime::abort(uint64_t id) {
+  caf::actor target;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->live.find(id);
+    if (it == impl_->live.end()) return;
+    target = it->second;
+  }
+  caf::anon_send(target, atoms::abort::value);
+}
+
+bool Runtime::wait_idle(double seconds) {
+  std::unique_lock lock(impl_->mutex);
+  return impl_->idle_cv.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return impl_->live.empty(); });
+}
+
+RuntimeStats Runtime::stats() {
+  Impl& im = *impl_;
+  caf::scoped_actor self{*im.system};
+  RuntimeStats out;
+  for (size_t d = 0; d < im.schedulers.size(); ++d) {
+    DataParallelStats s;
+    self->request(im.kv_managers[d], caf::infinite, atoms::stats::value)
+        .receive(
+            [&](BlockManagerStats& b) {
+              s.num_blocks = b.num_blocks;
+              s.used_blocks = b.used_blocks;
+              s.cached_free_blocks = b.cached_free_blocks;
+              s.kv_usage = b.num_blocks ? static_cast<double>(b.used_blocks) / b.num_blocks : 0.0;
+              s.prefix_queries = b.prefix_queries;
+              s.prefix_hits = b.prefix_hits;
+            },
+            [](caf::error&) {});
+    self->request(im.kv_managers[d], caf::infinite, atoms::snapshot::value).receive([&](bool idle) { s.idle = idle; }, [](caf::error&) {});
+    self->request(im.schedulers[d], caf::infinite, atoms::stats::value)
+        .receive(
+            [&](SchedulerStats& st) {
+              s.running = st.running;
+              s.waiting = st.waiting;
+              s.preemptions = st.preemptions;
+            },
+            [](caf::error&) {});
+    out.dp.push_back(s);
+  }
+  return out;
+}
+
+void Runtime::reset_prefix_cache() {
+  caf::scoped_actor self{*impl_->system};
+  for (auto& kv : impl_->kv_managers)
+    self->request(kv, caf::infinite, atoms::reset::value).receive([](bool) {}, [](caf::error&) {});
+}
+
+const ModelConfig& Runtime::model_config() const { return impl_->config; }
+int Runtime::max_model_len() const { return impl_->max_model_len; }
+const std::vector<std::string>& Runtime::startup_lines() const { return impl_->startup; }
+
+}  // namespace troupe

@@ -1,0 +1,109 @@
+// The actor runtime as the rest of troupe sees it: build the actor graph of DESIGN.md for a model and
+// a parallel layout, submit token-level requests, receive their tokens, abort them. No CAF type
+// appears here, so net/ and tools/ include this header without CAF's compile cost.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/model_config.hpp"
+#include "config/parallel_config.hpp"
+#include "engine/sampler.hpp"
+
+namespace troupe {
+
+struct RuntimeOptions {
+  std::filesystem::path model_dir;
+  ParallelConfig parallel;
+  std::string device = "cpu";
+  int block_size = 16;
+  int64_t kv_cache_memory = 0;   // bytes of KV cache per worker; 0: 1 GiB on the CPU
+  int num_blocks_override = 0;   // vLLM's --num-gpu-blocks-override: exactly this many blocks
+  bool enable_prefix_caching = true;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  int max_model_len = 0;  // 0: the model's max_position_embeddings, capped by the KV cache's capacity
+  std::filesystem::path trace_file;  // Chrome trace of the message flow, written at shutdown
+  int actor_threads = 0;             // CAF scheduler threads; 0: 2
+  std::function<void(const std::string&)> log;  // start-up lines (per-rank layout, KV blocks)
+};
+
+struct TokenOut {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  std::vector<TokenLogprob> top;
+};
+
+// What a request's listener hears: new tokens as they are sampled, then one final event.
+struct RequestEvent {
+  uint64_t id = 0;
+  std::vector<TokenOut> tokens;
+  FinishReason finish = FinishReason::none;  // stop or length on the final event of a finished request
+  bool aborted = false;                      // final event of an aborted (or failed) request
+  std::string error;                         // why it failed, when it did
+  int prompt_tokens = 0;
+  int output_tokens = 0;
+  int cached_tokens = 0;
+  bool final() const { return aborted || finish != FinishReason::none; }
+};
+
+// Called on an actor thread; must not block.
+using RequestListener = std::function<void(const RequestEvent&)>;
+
+struct DataParallelStats {
+  int num_blocks = 0;
+  int used_blocks = 0;
+  int cached_free_blocks = 0;
+  double kv_usage = 0.0;
+  uint64_t prefix_queries = 0;
+  uint64_t prefix_hits = 0;
+  int running = 0;
+  int waiting = 0;
+  uint64_t preemptions = 0;
+  bool idle = true;  // no sequence holds a KV block
+};
+
+struct RuntimeStats {
+  std::vector<DataParallelStats> dp;
+  bool all_idle() const;
+  uint64_t prefix_queries() const;
+  uint64_t prefix_hits() const;
+  uint64_t preemptions() const;
+};
+
+class Runtime {
+ public:
+  // Validates the layout against the model before any weight is read (ConfigError), then loads
+  // every shard and builds the graph. Blocks until the model is ready.
+  explicit Runtime(RuntimeOptions options);
+  ~Runtime();  // aborts what runs, stops every actor, writes the trace file
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Submits a request; the listener hears its tokens. Throws std::invalid_argument (the message is
+  // fit for an HTTP 400 body) for an empty prompt, an id outside the vocabulary, invalid sampling
+  // parameters, or a prompt plus max_tokens beyond max_model_len.
+  uint64_t submit(std::vector<int32_t> prompt, SamplingParams params, RequestListener listener);
+  // Aborts a request (a client went away): its blocks are freed within one step. Unknown ids are
+  // ignored.
+  void abort(uint64_t id);
+
+  RuntimeStats stats();
+  void reset_prefix_cache();
+  // Waits until no request is in flight (for tests and batch runs), at most `seconds`.
+  bool wait_idle(double seconds);
+
+  const ModelConfig& model_config() const;
+  int max_model_len() const;
+  const std::vector<std::string>& startup_lines() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace troupe

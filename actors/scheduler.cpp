@@ -1,0 +1,138 @@
+#include "actors/scheduler.hpp"
+
+#include <unordered_map>
+
+#include "actors/kv_block_manager.hpp"
+
+namespace troupe {
+namespace {
+
+struct SchedulerState {
+  SchedulerSpec spec;
+  caf::actor first_stage;
+  caf::actor coordinator;
+  std::unique_ptr<Scheduler> scheduler;
+  std::unordered_map<SeqId, caf::actor> requesters;
+  bool admission_pending = false;
+  std::string track;
+  static inline const char* name = "scheduler";
+};
+
+using Self = caf::stateful_actor<SchedulerState>;
+
+void send_frees(Self* self, std::vector<SeqId> seqs) {
+  if (!seqs.empty()) self->send(self->state.spec.kv_manager, atoms::free::value, std::move(seqs));
+}
+
+// Asks the block manager for the next micro-batch and turns its answer into a plan (or nothing).
+template <class OnPlan>
+void admit_next(Self* self, bool allow_empty, OnPlan on_plan) {
+  SchedulerState& st = self->state;
+  st.admission_pending = true;
+  AdmissionRequest request{st.scheduler->candidates(), st.spec.config.max_num_batched_tokens, st.spec.config.max_num_seqs};
+  self->request(st.spec.kv_manager, caf::infinite, atoms::admit::value, std::move(request))
+      .then([=](AdmissionResult& admission) mutable {
+        SchedulerState& st = self->state;
+        st.admission_pending = false;
+        std::vector<SeqId> stale;
+        std::optional<StepPlan> plan = st.scheduler->plan(admission, allow_empty, stale);
+        send_frees(self, std::move(stale));
+        if (plan) plan->dp_rank = st.spec.dp_rank;
+        on_plan(plan ? std::make_shared<const StepPlan>(std::move(*plan)) : PlanPtr{});
+      });
+}
+
+void try_schedule(Self* self) {
+  SchedulerState& st = self->state;
+  if (st.coordinator) {
+    if (st.scheduler->has_schedulable()) self->send(st.coordinator, atoms::ready::value, st.spec.dp_rank);
+    return;
+  }
+  if (st.admission_pending || st.scheduler->in_flight() >= st.spec.max_in_flight || !st.scheduler->has_schedulable())
+    return;
+  admit_next(self, false, [=](PlanPtr plan) {
+    if (!plan) return;
+    auto with_step = std::make_shared<StepPlan>(*plan);
+    with_step->step = with_step->micro_batch;
+    self->send(self->state.first_stage, atoms::run::value, PlanPtr(std::move(with_step)));
+    try_schedule(self);
+  });
+}
+
+void deliver(Self* self, std::vector<SequenceUpdate>& updates) {
+  SchedulerState& st = self->state;
+  for (SequenceUpdate& u : updates) {
+    auto it = st.requesters.find(u.seq);
+    if (it == st.requesters.end()) continue;
+    const bool gone = u.aborted || u.finish != FinishReason::none;
+    self->send(it->second, atoms::update::value, std::move(u));
+    if (gone) st.requesters.erase(it);
+  }
+}
+
+caf::behavior scheduler(Self* self, SchedulerSpec spec) {
+  self->state.spec = std::move(spec);
+  self->state.scheduler = std::make_unique<Scheduler>(self->state.spec.config);
+  self->state.track = "scheduler dp" + std::to_string(self->state.spec.dp_rank);
+  return {
+      [=](atoms::plan, caf::actor& first_stage, caf::actor& coordinator) {
+        self->state.first_stage = std::move(first_stage);
+        self->state.coordinator = std::move(coordinator);
+      },
+      [=](atoms::submit, SubmitRequest& r) {
+        SchedulerState& st = self->state;
+        st.requesters[r.id] = r.requester;
+        st.scheduler->add(r.id, std::move(r.prompt), std::move(r.params));
+        try_schedule(self);
+      },
+      [=](atoms::abort, SeqId id) {
+        SchedulerState& st = self->state;
+        if (st.scheduler->abort(id)) send_frees(self, {id});
+        // A sequence in flight reports its abort when its step completes.
+        auto it = st.requesters.find(id);
+        if (it != st.requesters.end() && !st.scheduler->knows(id)) {
+          SequenceUpdate u;
+          u.seq = id;
+          u.aborted = true;
+          self->send(it->second, atoms::update::value, std::move(u));
+          st.requesters.erase(it);
+        }
+      },
+      [=](atoms::done, const PlanPtr& plan, const StepResult& result) {
+        SchedulerState& st = self->state;
+        std::vector<SeqId> to_free;
+        std::vector<BlockCommit> commits;
+        std::vector<SequenceUpdate> updates = st.scheduler->complete(*plan, result, to_free, commits);
+        if (!commits.empty()) self->send(st.spec.kv_manager, atoms::commit::value, std::move(commits));
+        send_frees(self, std::move(to_free));
+        if (!result.error.empty()) {
+          for (SequenceUpdate& u : updates) u.error = result.error;
+        }
+        deliver(self, updates);
+        if (st.coordinator) self->send(st.coordinator, atoms::done::value, st.spec.dp_rank, plan->step);
+        try_schedule(self);
+      },
+      [=](atoms::step, uint64_t global_step) -> caf::result<PlanPtr> {
+        auto promise = self->make_response_promise<PlanPtr>();
+        admit_next(self, true, [=](PlanPtr plan) mutable {
+          auto with_step = std::make_shared<StepPlan>(*plan);
+          with_step->step = global_step;
+          promise.deliver(PlanPtr(std::move(with_step)));
+        });
+        return promise;
+      },
+      [=](atoms::stats) {
+        const Scheduler& s = *self->state.scheduler;
+        return SchedulerStats{self->state.spec.dp_rank, s.num_running(), s.num_waiting(), s.in_flight(),
+                              s.num_preemptions(), s.outstanding_tokens()};
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_scheduler(caf::actor_system& system, SchedulerSpec spec) {
+  return system.spawn(scheduler, std::move(spec));
+}
+
+}  // namespace troupe

@@ -1,0 +1,132 @@
+#include "actors/worker.hpp"
+
+#include <sstream>
+
+#include "config/model_config.hpp"
+#include "engine/cpu_backend.hpp"
+#include "engine/model_runner.hpp"
+#ifdef TROUPE_HAVE_CUDA
+#include "kernels/cuda_backend.hpp"
+#endif
+
+namespace troupe {
+namespace {
+
+struct WorkerState {
+  WorkerSpec spec;
+  std::unique_ptr<ModelRunner> runner;
+  std::string track;
+  bool failed = false;
+  static inline const char* name = "worker";
+};
+
+std::unique_ptr<Backend> make_backend(const std::string& device, int index) {
+  if (device == "cpu") return make_cpu_backend();
+#ifdef TROUPE_HAVE_CUDA
+  if (device == "cuda") return make_cuda_backend(index);
+#endif
+  (void)index;
+  throw std::invalid_argument("unknown device '" + device + "'");
+}
+
+std::string describe(const Model& m, const WorkerSpec& spec) {
+  std::ostringstream out;
+  const ModelShard& s = m.shard();
+  out << "rank " << spec.rank << " (dp" << s.dp_rank << " pp" << s.pp_rank << " tp" << s.tp_rank << "): layers ["
+      << m.layers().begin << ", " << m.layers().end << "), " << m.local_heads() << " heads, " << m.local_kv_heads()
+      << " kv heads";
+  const ModelConfig& c = m.config();
+  if (c.num_kv_heads < s.layout.tensor_parallel_size)
+    out << " (replicated " << s.layout.tensor_parallel_size / c.num_kv_heads << "x)";
+  if (c.is_moe()) {
+    const int group = s.layout.moe_group_size();
+    if (s.layout.enable_expert_parallel)
+      out << ", experts [" << c.num_experts * s.moe_rank() / group << ", " << c.num_experts * (s.moe_rank() + 1) / group << ")";
+    else
+      out << ", all " << c.num_experts << " experts sliced 1/" << (s.layout.data_parallel_size > 1 ? group : s.layout.tensor_parallel_size);
+  }
+  out << ", " << m.weight_bytes() << " weight bytes";
+  return out.str();
+}
+
+caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
+  self->state.spec = std::move(spec);
+  const ModelShard& s = self->state.spec.shard;
+  self->state.track = "worker r" + std::to_string(self->state.spec.rank) + " (dp" + std::to_string(s.dp_rank) + " pp" +
+                      std::to_string(s.pp_rank) + " tp" + std::to_string(s.tp_rank) + ")";
+  return {
+      [=](atoms::load) -> caf::result<WorkerInfo> {
+        WorkerSpec& sp = self->state.spec;
+        try {
+          ModelConfig config = load_model_config(sp.model_dir);
+          WeightFiles files = WeightFiles::open(sp.model_dir);
+          auto backend = make_backend(sp.device, sp.device_index);
+          auto model = std::make_unique<Model>(config, files, *backend, sp.max_positions, LoadProgress{}, sp.shard, sp.comms);
+          WorkerInfo info{sp.rank, model->weight_bytes(), 0, describe(*model, sp)};
+          self->state.runner = std::make_unique<ModelRunner>(std::move(backend), std::move(model));
+          info.kv_bytes_per_block = self->state.runner->kv_bytes_per_block(1);
+          return info;
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::runtime_error, std::string("worker ") + std::to_string(sp.rank) + ": " + e.what());
+        }
+      },
+      [=](atoms::allocate, int num_blocks, int block_size) {
+        self->state.runner->allocate_kv_cache(num_blocks, block_size);
+        return num_blocks;
+      },
+      [=](atoms::run, const PlanPtr& plan) -> StepResult {
+        WorkerState& st = self->state;
+        StepResult failed;
+        failed.micro_batch = plan->micro_batch;
+        if (st.failed || !st.runner) {
+          failed.error = "worker " + std::to_string(st.spec.rank) + " is out of service";
+          return failed;
+        }
+        TraceRecorder* trace = st.spec.trace;
+        ForwardHooks hooks;
+        TraceRecorder::Clock::time_point span_start;
+        if (trace) {
+          hooks.span = [&, trace](const char* name, bool begin) {
+            if (begin) {
+              span_start = trace->now();
+            } else {
+              trace->span(st.track, name, span_start, trace->now(), {{"step", static_cast<int64_t>(plan->step)}});
+            }
+          };
+        }
+        std::vector<int64_t> routed;
+        if (!st.spec.expert_shards.empty()) {
+          routed.assign(st.runner->model().config().num_experts, 0);
+          hooks.routing = [&](int, std::span<const int32_t> ids) {
+            for (int32_t e : ids) ++routed[e];
+          };
+        }
+        const auto start = trace ? trace->now() : TraceRecorder::Clock::time_point{};
+        try {
+          StepResult r = st.runner->run(*plan, hooks);
+          if (!routed.empty())
+            for (const caf::actor& shard : st.spec.expert_shards) self->send(shard, atoms::routing::value, routed);
+          if (trace)
+            trace->span(st.track, "forward", start, trace->now(),
+                        {{"micro_batch", static_cast<int64_t>(plan->micro_batch)},
+                         {"step", static_cast<int64_t>(plan->step)},
+                         {"tokens", plan->batch.num_tokens()}});
+          return r;
+        } catch (const std::exception& e) {
+          // Peers may be waiting for this rank inside a collective: fail the groups so they return.
+          st.failed = true;
+          if (st.spec.abort_comms) st.spec.abort_comms(e.what());
+          failed.error = "worker " + std::to_string(st.spec.rank) + ": " + e.what();
+          return failed;
+        }
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_worker(caf::actor_system& system, WorkerSpec spec) {
+  return system.spawn<caf::detached>(worker, std::move(spec));
+}
+
+}  // namespace troupe

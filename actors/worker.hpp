@@ -1,0 +1,48 @@
+// The worker actor: one per device (here a CPU thread; a GPU later). Detached, so it has its own
+// thread and may block inside collectives with its peers while a forward pass runs. It owns the
+// backend, the model shard, the KV cache shard and, on the sampling rank, the samplers.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "actors/atoms.hpp"
+#include "actors/trace.hpp"
+#include "engine/model.hpp"
+#include "engine/step_plan.hpp"
+
+namespace troupe {
+
+struct WorkerSpec {
+  int rank = 0;  // in the world
+  ModelShard shard;
+  ShardComms comms;
+  std::function<void(const std::string&)> abort_comms;  // fails this worker's groups: peers stop waiting
+  std::filesystem::path model_dir;
+  std::string device = "cpu";
+  int device_index = 0;
+  int max_positions = 0;
+  TraceRecorder* trace = nullptr;  // may be null
+  std::vector<caf::actor> expert_shards;  // of this stage; each step's routing counts go to all of them
+};
+
+// Reply to atoms::load: what the runtime needs to size the KV cache.
+struct WorkerInfo {
+  int rank = 0;
+  uint64_t weight_bytes = 0;
+  int64_t kv_bytes_per_block = 0;
+  std::string description;  // the start-up line: layers, heads, experts, bytes
+};
+
+using PlanPtr = std::shared_ptr<const StepPlan>;
+
+// Protocol: (load) -> WorkerInfo; (allocate, int num_blocks, int block_size) -> int num_blocks;
+// (run, PlanPtr) -> StepResult. Errors come back as StepResult::error (run) or caf errors (load).
+caf::actor spawn_worker(caf::actor_system& system, WorkerSpec spec);
+
+}  // namespace troupe
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::WorkerInfo)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::PlanPtr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::StepResult)

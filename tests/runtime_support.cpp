@@ -1,0 +1,57 @@
+#include "tests/runtime_support.hpp"
+
+#include <chrono>
+#include <stdexcept>
+
+#include "tests/test_support.hpp"
+
+namespace troupe::test {
+
+std::vector<Outcome> run_jobs(Runtime& runtime, const std::vector<Job>& jobs, double timeout_s) {
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<Outcome> out(jobs.size());
+  size_t finished = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    runtime.submit(jobs[i].prompt, jobs[i].params, [&, i](const RequestEvent& e) {
+      std::lock_guard lock(m);
+      for (const TokenOut& t : e.tokens) out[i].tokens.push_back(t);
+      if (e.final()) {
+        out[i].final = e;
+        out[i].done = true;
+        ++finished;
+        cv.notify_all();
+      }
+    });
+  }
+  std::unique_lock lock(m);
+  if (!cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return finished == jobs.size(); }))
+    throw std::runtime_error("requests did not finish in time: " + std::to_string(finished) + " of " +
+                             std::to_string(jobs.size()));
+  return out;
+}
+
+std::vector<Job> mixed_jobs(int count, int vocab, uint32_t seed, int logprobs) {
+  std::mt19937 rng(seed);
+  std::vector<Job> jobs(count);
+  for (Job& j : jobs) {
+    const int len = 1 + static_cast<int>(rng() % 40);
+    for (int i = 0; i < len; ++i) j.prompt.push_back(static_cast<int32_t>(rng() % vocab));
+    j.params.temperature = 0;
+    j.params.max_tokens = 1 + static_cast<int>(rng() % 24);
+    j.params.ignore_eos = true;
+    if (logprobs > 0) j.params.logprobs = logprobs;
+  }
+  return jobs;
+}
+
+RuntimeOptions tiny_options(const std::string& preset, int tp, int pp, int dp, bool ep) {
+  RuntimeOptions o;
+  o.model_dir = tiny_model(preset);
+  o.parallel = {tp, pp, dp, ep};
+  o.kv_cache_memory = 8 << 20;
+  o.max_model_len = 256;
+  return o;
+}
+
+}  // namespace troupe::test
