@@ -29,7 +29,7 @@ caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads) 
   return cfg;
 }
 
-constexpr int64_t kDefaultCpuKvBytes = int64_t{1} << 30;
+constexpr int64_t kDefaultCpuKvBytes = int64_t{256} << 20;
 
 }  // namespace
 
@@ -167,20 +167,24 @@ void Runtime::Impl::build() {
         spec.expert_shards = stage_shards[s];
         workers.push_back(spawn_worker(*system, std::move(spec)));
       }
-  caf::scoped_actor self{*system};
   std::vector<WorkerInfo> infos(world);
-  for (int r = 0; r < world; ++r) {
-    std::string failure;
-    self->request(workers[r], caf::infinite, atoms::load::value)
-        .receive([&](WorkerInfo& info) { infos[r] = std::move(info); },
-                 [&](caf::error& e) { failure = system->render(e); });
-    if (!failure.empty()) {
-      stop_all();
-      system->await_all_actors_done();
-      throw std::runtime_error(failure);
+  std::string failure;
+  {
+    caf::scoped_actor loader{*system};
+    for (int r = 0; r < world && failure.empty(); ++r) {
+      loader->request(workers[r], caf::infinite, atoms::load::value)
+          .receive([&](WorkerInfo& info) { infos[r] = std::move(info); },
+                   [&](caf::error& e) { failure = system->render(e); });
+      if (failure.empty()) log(infos[r].description);
     }
-    log(infos[r].description);
   }
+  if (!failure.empty()) {
+    // The scoped actor above is gone: awaiting counts only the runtime's own actors.
+    stop_all();
+    system->await_all_actors_done();
+    throw std::runtime_error(failure);
+  }
+  caf::scoped_actor self{*system};
 
   // One block count per data-parallel rank: the most that every worker of the replica can hold.
   std::vector<int> blocks(dp);

@@ -21,7 +21,7 @@ struct RuntimeOptions {
   ParallelConfig parallel;
   std::string device = "cpu";
   int block_size = 16;
-  int64_t kv_cache_memory = 0;   // bytes of KV cache per worker; 0: 1 GiB on the CPU
+  int64_t kv_cache_memory = 0;   // bytes of KV cache per worker; 0: 256 MiB on the CPU
   int num_blocks_override = 0;   // vLLM's --num-gpu-blocks-override: exactly this many blocks
   bool enable_prefix_caching = true;
   int max_num_seqs = 256;

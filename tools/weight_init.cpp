@@ -45,7 +45,12 @@ float normal_from_bits(uint64_t bits) { return static_cast<float>(sum_of_fields(
 // Cloned for AVX2 (picked at run time) because this loop is what bounds writing a checkpoint when
 // the disk is fast; the clones compute the same bits: integer ops and separately rounded IEEE
 // multiply and add (this file is built with -ffp-contract=off, and "avx2" does not enable FMA).
-__attribute__((target_clones("avx2", "default"))) void fill_bf16(uint64_t stream, WeightInit init, uint64_t first,
+#ifdef TROUPE_SANITIZED
+#define TROUPE_WEIGHT_CLONES
+#else
+#define TROUPE_WEIGHT_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+TROUPE_WEIGHT_CLONES void fill_bf16(uint64_t stream, WeightInit init, uint64_t first,
                                                                   size_t count, uint16_t* out) {
   for (size_t i = 0; i < count; ++i) {
     float n = static_cast<float>(sum_of_fields(splitmix64(stream + first + i)) - 131070) * unit_scale;
