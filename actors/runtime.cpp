@@ -73,6 +73,24 @@ struct Runtime::Impl {
   std::condition_variable idle_cv;
   std::unordered_map<SeqId, caf::actor> live;
   std::atomic<SeqId> next_id{1};
+  std::atomic<int> queued{0};
+  std::atomic<bool> healthy{true};
+
+  RequestSpec request_spec(SeqId id) {
+    RequestSpec spec;
+    spec.id = id;
+    spec.router = router;
+    spec.trace = trace.get();
+    spec.vocab_size = config.vocab_size;
+    spec.max_model_len = max_model_len;
+    spec.on_scheduled = [this](SeqId) { --queued; };
+    spec.on_exit = [this](SeqId done) {
+      std::lock_guard lock(mutex);
+      live.erase(done);
+      if (live.empty()) idle_cv.notify_all();
+    };
+    return spec;
+  }
 
   void log(const std::string& line) {
     startup.push_back(line);
@@ -232,6 +250,7 @@ void Runtime::Impl::build() {
     spec.config = sc;
     spec.kv_manager = kv_managers.back();
     spec.trace = trace.get();
+    spec.on_failure = [this](const std::string&) { healthy = false; };
     schedulers.push_back(spawn_scheduler(*system, spec));
     caf::actor next;
     for (int s = pp - 1; s >= 0; --s) {
@@ -290,44 +309,43 @@ Runtime::~Runtime() {
 
 uint64_t Runtime::submit(std::vector<int32_t> prompt, SamplingParams params, RequestListener listener) {
   Impl& im = *impl_;
-  if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
-  for (int32_t id : prompt)
-    if (id < 0 || id >= im.config.vocab_size)
-      throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary (" +
-                                  std::to_string(im.config.vocab_size) + " ids)");
-  params.validate();
-  const int n = static_cast<int>(prompt.size());
-  const int max_tokens = params.max_tokens.value_or(im.max_model_len - n);
-  if (n + max_tokens > im.max_model_len) {
-    if (n >= im.max_model_len)
-      throw std::invalid_argument("This model's maximum context length is " + std::to_string(im.max_model_len) +
-                                  " tokens. However, you requested " + std::to_string(n + max_tokens) + " tokens (" +
-                                  std::to_string(n) + " in the messages, " + std::to_string(max_tokens) +
-                                  " in the completion). Please reduce the length of the messages or completion.");
-    throw std::invalid_argument("'max_tokens' or 'max_completion_tokens' is too large: " + std::to_string(max_tokens) +
-                                ". This model's maximum context length is " + std::to_string(im.max_model_len) +
-                                " tokens and your request has " + std::to_string(n) + " input tokens (" +
-                                std::to_string(max_tokens) + " > " + std::to_string(im.max_model_len) + " - " +
-                                std::to_string(n) + ").");
-  }
-  if (!params.max_tokens) params.max_tokens = max_tokens;
+  validate_request(prompt, params, im.config.vocab_size, im.max_model_len);
   const SeqId id = im.next_id++;
-  RequestSpec spec;
-  spec.id = id;
+  RequestSpec spec = im.request_spec(id);
   spec.prompt = std::move(prompt);
   spec.params = std::move(params);
   spec.listener = std::move(listener);
-  spec.router = im.router;
-  spec.trace = im.trace.get();
-  spec.on_exit = [&im](SeqId done) {
-    std::lock_guard lock(im.mutex);
-    im.live.erase(done);
-    if (im.live.empty()) im.idle_cv.notify_all();
-  };
+  ++im.queued;
   std::lock_guard lock(im.mutex);
   im.live[id] = spawn_request(*im.system, std::move(spec));
   return id;
 }
+
+uint64_t Runtime::submit_text(GenerateRequest request, std::shared_ptr<const TextPipeline> text, GenerateListener listener) {
+  Impl& im = *impl_;
+  const SeqId id = im.next_id++;
+  RequestSpec spec = im.request_spec(id);
+  spec.text = std::move(text);
+  spec.generate = std::move(request);
+  spec.text_listener = std::move(listener);
+  spec.accepted = std::make_shared<std::promise<void>>();
+  std::future<void> accepted = spec.accepted->get_future();
+  ++im.queued;
+  {
+    std::lock_guard lock(im.mutex);
+    im.live[id] = spawn_request(*im.system, std::move(spec));
+  }
+  try {
+    accepted.get();
+  } catch (...) {
+    --im.queued;
+    throw;
+  }
+  return id;
+}
+
+int Runtime::queued() const { return impl_->queued.load(); }
+bool Runtime::healthy() const { return impl_->healthy.load(); }
 
 void Runtime::abort(uint64_t id) {
   caf::actor target;

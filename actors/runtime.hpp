@@ -10,11 +10,14 @@
 #include <string>
 #include <vector>
 
+#include "actors/client.hpp"
 #include "config/model_config.hpp"
 #include "config/parallel_config.hpp"
 #include "engine/sampler.hpp"
 
 namespace troupe {
+
+class TextPipeline;
 
 struct RuntimeOptions {
   std::filesystem::path model_dir;
@@ -84,10 +87,14 @@ class Runtime {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
-  // Submits a request; the listener hears its tokens. Throws std::invalid_argument (the message is
-  // fit for an HTTP 400 body) for an empty prompt, an id outside the vocabulary, invalid sampling
-  // parameters, or a prompt plus max_tokens beyond max_model_len.
+  // Submits a request; the listener hears its tokens. Throws RequestError (400, fit for an HTTP
+  // error body) for an empty prompt, an id outside the vocabulary, invalid sampling parameters, or
+  // a prompt plus max_tokens beyond max_model_len.
   uint64_t submit(std::vector<int32_t> prompt, SamplingParams params, RequestListener listener);
+  // Submits a text request: its request actor tokenizes it with `text` (chat template included),
+  // validates it (RequestError, thrown here), then streams text events to the listener.
+  uint64_t submit_text(GenerateRequest request, std::shared_ptr<const TextPipeline> text,
+                       GenerateListener listener);
   // Aborts a request (a client went away): its blocks are freed within one step. Unknown ids are
   // ignored.
   void abort(uint64_t id);
@@ -96,6 +103,10 @@ class Runtime {
   void reset_prefix_cache();
   // Waits until no request is in flight (for tests and batch runs), at most `seconds`.
   bool wait_idle(double seconds);
+  // Requests accepted but not yet scheduled for the first time.
+  int queued() const;
+  // False once a worker failed: requests then end with an error.
+  bool healthy() const;
 
   const ModelConfig& model_config() const;
   int max_model_len() const;

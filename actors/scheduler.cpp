@@ -107,6 +107,7 @@ caf::behavior scheduler(Self* self, SchedulerSpec spec) {
         send_frees(self, std::move(to_free));
         if (!result.error.empty()) {
           for (SequenceUpdate& u : updates) u.error = result.error;
+          if (st.spec.on_failure) st.spec.on_failure(result.error);
         }
         deliver(self, updates);
         if (st.coordinator) self->send(st.coordinator, atoms::done::value, st.spec.dp_rank, plan->step);

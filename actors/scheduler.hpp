@@ -18,6 +18,7 @@ struct SchedulerSpec {
   SchedulerConfig config;
   caf::actor kv_manager;
   TraceRecorder* trace = nullptr;
+  std::function<void(const std::string&)> on_failure;  // a step failed: the runtime is unhealthy
 };
 
 struct SubmitRequest {

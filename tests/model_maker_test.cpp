@@ -36,8 +36,9 @@ std::string read_file(const fs::path& p) {
   return ss.str();
 }
 
-const std::vector<std::string> tiny_presets{"tiny-llama",   "tiny-qwen2",     "tiny-qwen3",
-                                            "tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe"};
+const std::vector<std::string> tiny_presets{"tiny-llama",      "tiny-qwen2",     "tiny-qwen3",
+                                            "tiny-mixtral",    "tiny-qwen2-moe", "tiny-qwen3-moe",
+                                            "tiny-qwen3-chat", "tiny-llama-mqa"};
 
 // The tensor names and shapes of a Hugging Face checkpoint, written out from the transformers model
 // classes independently of tools/model_layout.cpp.
@@ -163,14 +164,20 @@ TEST(ModelMaker, EveryTinyPresetWritesTheHuggingFaceLayout) {
 
     std::vector<std::string> files;
     for (const auto& f : r.files) files.push_back(f.filename().string());
+    EXPECT_EQ(SafetensorsFile::open(dir / "model.safetensors").metadata().at("format"), "pt");
+    EXPECT_EQ(c.torch_dtype, "bfloat16");
+    if (find_preset(name)->tokenizer != TokenizerFamily::none) {
+      // A tiny model that speaks text: the real tokenizer and vocabulary.
+      EXPECT_EQ(files, (std::vector<std::string>{"config.json", "generation_config.json", "tokenizer.json",
+                                                 "tokenizer_config.json", "model.safetensors"}));
+      EXPECT_EQ(c.vocab_size, 151936);
+      continue;
+    }
     EXPECT_EQ(files, (std::vector<std::string>{"config.json", "generation_config.json", "model.safetensors"}));
     EXPECT_FALSE(fs::exists(dir / "tokenizer.json"));  // tiny presets have a 512-id vocabulary, no tokenizer
-    EXPECT_EQ(SafetensorsFile::open(dir / "model.safetensors").metadata().at("format"), "pt");
-
     auto gen = boost::json::parse(read_file(dir / "generation_config.json")).as_object();
     EXPECT_EQ(gen.at("bos_token_id").as_int64(), 1);
     EXPECT_EQ(gen.at("eos_token_id").as_int64(), 2);
-    EXPECT_EQ(c.torch_dtype, "bfloat16");
     EXPECT_EQ(c.vocab_size, 512);
   }
 }

@@ -80,3 +80,23 @@ INSTANTIATE_TEST_SUITE_P(Models, RuntimeLayouts, ::testing::Values("tiny-llama",
 
 }  // namespace
 }  // namespace troupe
+
+namespace troupe {
+namespace {
+
+// A model with one kv head runs at tp 2 with the head replicated on both ranks, as vLLM does.
+TEST(RuntimeLayoutsMqa, OneKvHeadReplicatedAtTp2MatchesTp1) {
+  const auto jobs = test::mixed_jobs(16, 512, 21, 3);
+  const auto one = run("tiny-llama-mqa", {1, 1, 1, false}, jobs);
+  const auto two = run("tiny-llama-mqa", {2, 1, 1, false}, jobs);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    ASSERT_EQ(one[i].tokens.size(), two[i].tokens.size());
+    for (size_t k = 0; k < one[i].tokens.size(); ++k) {
+      EXPECT_EQ(one[i].tokens[k].token, two[i].tokens[k].token);
+      EXPECT_NEAR(one[i].tokens[k].logprob, two[i].tokens[k].logprob, 1e-4);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace troupe

@@ -279,7 +279,7 @@ int generate_command(int argc, char** argv) {
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "troupe generate: %s\n", e.what());
     return 2;
-  } catch (const std::invalid_argument& e) {
+  } catch (const RequestError& e) {
     std::fprintf(stderr, "troupe generate: %s\n", e.what());
     return 2;
   } catch (const std::exception& e) {

@@ -308,6 +308,19 @@ std::vector<Preset> build_presets() {
   p.push_back({"tiny-qwen3", "", F::none,
                tiny(with(qwen3_config(64, 128, 2, 4, 2, true), {{"head_dim", 32}})),
                tiny_generation(qwen3_generation())});
+  // A tiny Qwen3 with the real Qwen3 vocabulary and tokenizer: serving tests speak text to it.
+  p.push_back({"tiny-qwen3-chat", "", F::qwen3, with(qwen3_config(64, 128, 2, 4, 2, true), {{"head_dim", 16}}),
+               qwen3_generation()});
+  // One kv head: tensor parallelism must replicate it (vLLM's rule for MQA models).
+  p.push_back({"tiny-llama-mqa", "", F::none,
+               tiny(with(llama3_config(2048, 8192, 16, 8.0, true, true, "4.45.0.dev0"),
+                         {{"head_dim", 16},
+                          {"hidden_size", 64},
+                          {"intermediate_size", 128},
+                          {"num_attention_heads", 4},
+                          {"num_hidden_layers", 2},
+                          {"num_key_value_heads", 1}})),
+               tiny_generation(llama3_generation("4.45.0.dev0"))});
   p.push_back({"tiny-mixtral", "", F::none,
                tiny(with(mixtral_config(), {{"hidden_size", 64},
                                             {"intermediate_size", 96},
