@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "actors/dp_coordinator.hpp"
+#include "actors/embedding.hpp"
 #include "actors/expert_shard.hpp"
 #include "actors/kv_block_manager.hpp"
 #include "actors/pipeline_stage.hpp"
@@ -67,7 +68,7 @@ struct Runtime::Impl {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> system;
   std::vector<caf::actor> workers, stages, schedulers, kv_managers, expert_shards;
-  caf::actor router, coordinator;
+  caf::actor router, coordinator, embedder;
 
   std::mutex mutex;
   std::condition_variable idle_cv;
@@ -284,6 +285,7 @@ void Runtime::Impl::stop_all() {
     live.clear();
   }
   if (router) self->send_exit(router, caf::exit_reason::user_shutdown);
+  if (embedder) self->send_exit(embedder, caf::exit_reason::user_shutdown);
   if (coordinator) self->send_exit(coordinator, caf::exit_reason::user_shutdown);
   stop(schedulers);
   stop(stages);
@@ -342,6 +344,24 @@ uint64_t Runtime::submit_text(GenerateRequest request, std::shared_ptr<const Tex
     throw;
   }
   return id;
+}
+
+void Runtime::enable_embeddings(std::shared_ptr<const TextPipeline> text, const std::string& pooling) {
+  Impl& im = *impl_;
+  if (pooling != "last" && pooling != "mean") throw ConfigError("--pooling: expected last or mean, got '" + pooling + "'");
+  EmbeddingSpec spec;
+  spec.router = im.router;
+  spec.text = std::move(text);
+  spec.pooling = pooling == "mean" ? Pooling::mean : Pooling::last;
+  spec.vocab_size = im.config.vocab_size;
+  spec.max_model_len = im.max_model_len;
+  spec.next_id = &im.next_id;
+  im.embedder = spawn_embedding(*im.system, std::move(spec));
+}
+
+void Runtime::embed(EmbedRequest request, EmbedListener listener) {
+  if (!impl_->embedder) throw std::logic_error("Runtime::embed before enable_embeddings");
+  caf::anon_send(impl_->embedder, atoms::submit::value, EmbedJob{std::move(request), std::move(listener)});
 }
 
 int Runtime::queued() const { return impl_->queued.load(); }

@@ -95,6 +95,12 @@ class Runtime {
   // validates it (RequestError, thrown here), then streams text events to the listener.
   uint64_t submit_text(GenerateRequest request, std::shared_ptr<const TextPipeline> text,
                        GenerateListener listener);
+  // Starts the embedding actor: inputs are tokenized with `text` (token ids only when null) and
+  // pooled with `pooling` ("last" or "mean"; ConfigError otherwise).
+  void enable_embeddings(std::shared_ptr<const TextPipeline> text, const std::string& pooling);
+  // Embeds every input of the request (prefill-only passes on the same workers); the listener gets
+  // the vectors, or an error, once. Requires enable_embeddings.
+  void embed(EmbedRequest request, EmbedListener listener);
   // Aborts a request (a client went away): its blocks are freed within one step. Unknown ids are
   // ignored.
   void abort(uint64_t id);

@@ -14,6 +14,7 @@ class RuntimeClient final : public EngineClient {
         text_(std::make_shared<TextPipeline>(runtime.model_dir, serving_.chat_template)),
         runtime_(std::move(runtime)),
         created_(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()) {
+    runtime_.enable_embeddings(text_, serving_.pooling);
   }
 
   ModelCard model() const override { return {serving_.served_model_name, runtime_.max_model_len(), created_}; }
@@ -27,11 +28,7 @@ class RuntimeClient final : public EngineClient {
 
   void abort(uint64_t id) override { runtime_.abort(id); }
 
-  void embed(EmbedRequest, EmbedListener listener) override {
-    EmbedResult r;
-    r.error = "embeddings are not available yet";
-    listener(std::move(r));
-  }
+  void embed(EmbedRequest request, EmbedListener listener) override { runtime_.embed(std::move(request), std::move(listener)); }
 
   std::vector<int32_t> tokenize(const GenerateRequest& request, bool add_special_tokens) override {
     return text_->prompt_tokens(request, add_special_tokens);

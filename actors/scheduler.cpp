@@ -82,7 +82,7 @@ caf::behavior scheduler(Self* self, SchedulerSpec spec) {
       [=](atoms::submit, SubmitRequest& r) {
         SchedulerState& st = self->state;
         st.requesters[r.id] = r.requester;
-        st.scheduler->add(r.id, std::move(r.prompt), std::move(r.params));
+        st.scheduler->add(r.id, std::move(r.prompt), std::move(r.params), r.pooling);
         try_schedule(self);
       },
       [=](atoms::abort, SeqId id) {

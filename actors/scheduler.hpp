@@ -26,6 +26,7 @@ struct SubmitRequest {
   std::vector<int32_t> prompt;
   SamplingParams params;
   caf::actor requester;  // receives (update, SequenceUpdate)
+  Pooling pooling = Pooling::none;  // an embedding: prefill only
 };
 
 struct SchedulerStats {

@@ -294,7 +294,7 @@ struct Pass {
 
 }  // namespace
 
-Tensor Model::forward(const StepBatch& batch, const KvCache& cache, const ForwardHooks& hooks) {
+Tensor Model::forward(const StepBatch& batch, const KvCache& cache, const ForwardHooks& hooks, Tensor* hidden) {
   const ModelConfig& c = config_;
   Backend& be = backend_;
   const Weights& w = *weights_;
@@ -494,6 +494,13 @@ Tensor Model::forward(const StepBatch& batch, const KvCache& cache, const Forwar
     return {};
   }
 
+  if (hidden && !batch.embed_indices.empty()) {
+    const int64_t n = static_cast<int64_t>(batch.embed_indices.size());
+    Tensor picked = be.allocate({n, h}, dt);
+    be.embedding(residual, pass.upload_i32(batch.embed_indices), picked);
+    *hidden = be.allocate({n, h}, dt);
+    be.rms_norm(picked, w.final_norm, eps, *hidden);
+  }
   // Only the rows that need logits go through the final norm and the LM head.
   const int64_t rows = static_cast<int64_t>(batch.logits_indices.size());
   Tensor picked = be.allocate({rows, h}, dt);

@@ -78,9 +78,10 @@ class Model {
   // first stage embeds batch.token_ids; later stages receive the hidden states from the previous
   // stage (comms.prev), and every stage but the last sends its output on (comms.next) and returns
   // an empty tensor. The last stage returns the logits of the rows in batch.logits_indices, over the
-  // whole vocabulary on every tensor-parallel rank: [rows, vocab_size], compute dtype. An empty
+  // whole vocabulary on every tensor-parallel rank: [rows, vocab_size], compute dtype, and, when
+  // `hidden` is given, the final-normed hidden states of batch.embed_indices' rows in it. An empty
   // batch is valid (a data-parallel rank with no work still joins its stage's collectives).
-  Tensor forward(const StepBatch& batch, const KvCache& cache, const ForwardHooks& hooks = {});
+  Tensor forward(const StepBatch& batch, const KvCache& cache, const ForwardHooks& hooks = {}, Tensor* hidden = nullptr);
 
  private:
   struct Weights;

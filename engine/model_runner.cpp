@@ -1,5 +1,6 @@
 #include "engine/model_runner.hpp"
 
+#include <cmath>
 #include <stdexcept>
 
 namespace troupe {
@@ -26,8 +27,11 @@ StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
     for (SeqId id : plan.released) samplers_.erase(id);
     for (const NewSequence& s : plan.new_seqs) samplers_.try_emplace(s.id, s.params, s.prompt, s.eos_token_ids);
   }
-  Tensor logits = model_->forward(plan.batch, cache_, hooks);
-  if (!samples() || plan.batch.logits_indices.empty()) return result;
+  Tensor hidden;
+  Tensor logits = model_->forward(plan.batch, cache_, hooks, &hidden);
+  if (!samples()) return result;
+  if (!plan.batch.embed_indices.empty()) pool(plan, hidden, result);
+  if (plan.batch.logits_indices.empty()) return result;
 
   const int vocab = model_->config().vocab_size;
   const size_t rows = plan.batch.logits_indices.size();
@@ -51,6 +55,40 @@ StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
     ++row;
   }
   return result;
+}
+
+void ModelRunner::pool(const StepPlan& plan, const Tensor& hidden, StepResult& result) {
+  const int h = model_->config().hidden_size;
+  std::vector<float> rows(plan.batch.embed_indices.size() * h);
+  backend_->download(hidden, rows.data());
+  size_t row = 0;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const auto pooling = static_cast<Pooling>(plan.embed.empty() ? 0 : plan.embed[i]);
+    if (pooling == Pooling::none) continue;
+    const int start = plan.batch.query_start[i], end = plan.batch.query_start[i + 1];
+    const bool completes = plan.completes[i];
+    std::vector<double> pooled(h, 0.0);
+    if (pooling == Pooling::last) {
+      if (!completes) continue;  // only the final chunk's last row was asked for
+      for (int k = 0; k < h; ++k) pooled[k] = rows[row * h + k];
+      ++row;
+    } else {
+      auto& [sum, count] = mean_sums_[plan.seqs[i]];
+      sum.resize(h, 0.0);
+      for (int r = start; r < end; ++r, ++row)
+        for (int k = 0; k < h; ++k) sum[k] += rows[row * h + k];
+      count += end - start;
+      if (!completes) continue;
+      for (int k = 0; k < h; ++k) pooled[k] = sum[k] / count;
+      mean_sums_.erase(plan.seqs[i]);
+    }
+    double norm = 0.0;
+    for (double v : pooled) norm += v * v;
+    norm = std::sqrt(norm);
+    PooledEmbedding out{plan.seqs[i], std::vector<float>(h)};
+    for (int k = 0; k < h; ++k) out.values[k] = static_cast<float>(norm > 0 ? pooled[k] / norm : 0.0);
+    result.embeddings.push_back(std::move(out));
+  }
 }
 
 }  // namespace troupe

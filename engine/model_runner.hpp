@@ -34,7 +34,12 @@ class ModelRunner {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Model> model_;
   KvCache cache_;
+  // Pools the hidden states of the plan's embedding sequences into result.embeddings.
+  void pool(const StepPlan& plan, const Tensor& hidden, StepResult& result);
+
   std::unordered_map<SeqId, SequenceSampler> samplers_;
+  // Mean pooling across the chunks of a long prompt: the running sum and the rows seen.
+  std::unordered_map<SeqId, std::pair<std::vector<double>, int>> mean_sums_;
   std::vector<float> logits_;
 };
 

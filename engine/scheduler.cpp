@@ -10,8 +10,9 @@ void erase_id(std::deque<SeqId>& v, SeqId id) { v.erase(std::remove(v.begin(), v
 
 }  // namespace
 
-void Scheduler::add(SeqId id, std::vector<int32_t> prompt, SamplingParams params) {
+void Scheduler::add(SeqId id, std::vector<int32_t> prompt, SamplingParams params, Pooling pooling) {
   Sequence s;
+  s.pooling = pooling;
   s.id = id;
   s.prompt_len = static_cast<int>(prompt.size());
   s.tokens = std::move(prompt);
@@ -106,9 +107,18 @@ std::optional<StepPlan> Scheduler::plan(const AdmissionResult& admission, bool a
     s.fresh = false;
     s.num_computed = a.num_computed;
     s.in_flight = true;
-    const bool samples = a.num_computed + a.chunk == static_cast<int>(s.tokens.size());
+    const bool completes = a.num_computed + a.chunk == static_cast<int>(s.tokens.size());
+    const bool samples = completes && s.pooling == Pooling::none;
+    const int first_row = plan.batch.num_tokens();
     plan.batch.add_sequence(std::span(s.tokens).subspan(a.num_computed, a.chunk), a.num_computed, a.block_table,
                             samples ? Logits::last : Logits::none);
+    if (s.pooling == Pooling::mean) {
+      for (int r = 0; r < a.chunk; ++r) plan.batch.embed_indices.push_back(first_row + r);
+    } else if (s.pooling == Pooling::last && completes) {
+      plan.batch.embed_indices.push_back(first_row + a.chunk - 1);
+    }
+    plan.embed.push_back(static_cast<uint8_t>(s.pooling));
+    plan.completes.push_back(completes ? 1 : 0);
     plan.seqs.push_back(s.id);
     plan.chunk.push_back(a.chunk);
     plan.samples.push_back(samples ? 1 : 0);
@@ -131,6 +141,9 @@ std::vector<SequenceUpdate> Scheduler::complete(const StepPlan& plan, const Step
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     Sequence& s = seqs_.at(plan.seqs[i]);
     s.in_flight = false;
+    const PooledEmbedding* pooled = nullptr;
+    for (const PooledEmbedding& p : result.embeddings)
+      if (p.seq == s.id) pooled = &p;
     const SampledToken* sampled = nullptr;
     if (plan.samples[i] && next_token < result.tokens.size() && result.tokens[next_token].seq == s.id)
       sampled = &result.tokens[next_token++];
@@ -149,7 +162,11 @@ std::vector<SequenceUpdate> Scheduler::complete(const StepPlan& plan, const Step
       s.num_computed += plan.chunk[i];
       if (config_.prefix_caching && s.num_computed / config_.block_size > before / config_.block_size)
         commits.push_back({s.id, std::vector<int32_t>(s.tokens.begin(), s.tokens.begin() + s.num_computed), s.num_computed});
-      if (sampled) {
+      if (pooled) {
+        u.embedding = pooled->values;
+        u.finish = FinishReason::stop;
+        gone = true;
+      } else if (sampled) {
         s.tokens.push_back(sampled->token);
         u.tokens.push_back(*sampled);
         u.finish = sampled->finish;

@@ -37,6 +37,7 @@ struct SequenceUpdate {
   int num_output_tokens = 0;
   int num_cached_tokens = 0;  // prompt tokens served by the prefix cache at first schedule
   bool first_scheduled = false;  // this step was the sequence's first
+  std::vector<float> embedding;   // an embedding sequence's result (it is then finished)
 };
 
 class Scheduler {
@@ -44,7 +45,7 @@ class Scheduler {
   explicit Scheduler(SchedulerConfig config) : config_(std::move(config)) {}
 
   // A new sequence. The caller has checked the prompt fits max_model_len and the params are valid.
-  void add(SeqId id, std::vector<int32_t> prompt, SamplingParams params);
+  void add(SeqId id, std::vector<int32_t> prompt, SamplingParams params, Pooling pooling = Pooling::none);
   // Drops a sequence. Returns true when it held blocks (the block manager must free them). A sequence
   // in flight is dropped when its step completes.
   bool abort(SeqId id);
@@ -88,6 +89,7 @@ class Scheduler {
     bool fresh = true;      // holds no blocks
     bool announced = false;  // the last stage has its sampler
     bool scheduled_once = false;
+    Pooling pooling = Pooling::none;  // an embedding: prefill only, no sampling
   };
 
   SchedulerConfig config_;

@@ -20,6 +20,7 @@ struct StepBatch {
   std::vector<int32_t> context_lens;    // [S]
   std::vector<std::vector<int32_t>> block_tables;  // [S][blocks]
   std::vector<int32_t> logits_indices;  // rows of the batch whose logits are wanted, in order
+  std::vector<int32_t> embed_indices;   // rows whose final hidden state is wanted (embeddings), in order
 
   // Appends a sequence whose tokens [start, start + tokens.size()) are computed this step; earlier
   // tokens are already in the cache. `block_table` must cover start + tokens.size() tokens. `logits`

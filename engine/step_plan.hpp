@@ -20,6 +20,9 @@ struct NewSequence {
   std::vector<int32_t> eos_token_ids;
 };
 
+// How an embedding sequence turns its hidden states into one vector (then L2-normalised).
+enum class Pooling : uint8_t { none, last, mean };
+
 struct StepPlan {
   uint64_t micro_batch = 0;  // this scheduler's count of plans sent
   uint64_t step = 0;         // global step, equal across data-parallel ranks that step together
@@ -28,6 +31,8 @@ struct StepPlan {
   std::vector<SeqId> seqs;       // in batch order
   std::vector<int32_t> chunk;    // new tokens of each sequence in this step
   std::vector<uint8_t> samples;  // whether the sequence's last row gives a token (in logits_indices order)
+  std::vector<uint8_t> embed;      // Pooling of each sequence (none for generation)
+  std::vector<uint8_t> completes;  // the chunk reaches the sequence's last known token
   std::vector<NewSequence> new_seqs;
   std::vector<SeqId> released;   // finished or aborted since the last plan: forget their samplers
 
@@ -42,9 +47,15 @@ struct SampledToken {
   std::vector<TokenLogprob> top;  // when the request asked for logprobs
 };
 
+struct PooledEmbedding {
+  SeqId seq = 0;
+  std::vector<float> values;  // L2-normalised
+};
+
 struct StepResult {
   uint64_t micro_batch = 0;
   std::vector<SampledToken> tokens;  // one per sampling sequence, in plan order
+  std::vector<PooledEmbedding> embeddings;  // embedding sequences whose prompt this step finished
   std::string error;                 // non-empty when the step failed
 };
 
