@@ -195,7 +195,8 @@ Model::Model(ModelConfig config, const WeightFiles& files, Backend& backend, int
       backend_(backend),
       max_positions_(max_positions > 0 ? max_positions : config_.max_position_embeddings),
       layers_(stage_layers(config_.num_layers, shard.layout.pipeline_parallel_size, shard.pp_rank)),
-      weights_(std::make_unique<Weights>(ShardPlan(config_, shard))) {
+      weights_(std::make_unique<Weights>(ShardPlan(config_, shard))),
+      inputs_(backend) {
   const ModelConfig& c = config_;
   Loader load(files, backend, progress);
   Weights& w = *weights_;
@@ -295,31 +296,29 @@ struct Pass {
 }  // namespace
 
 Tensor Model::forward(const StepBatch& batch, const KvCache& cache, const ForwardHooks& hooks, Tensor* hidden) {
+  prepare(batch);
+  return run(cache, hooks, hidden);
+}
+
+void Model::prepare(const StepBatch& batch) {
+  if (batch.max_context_len() > max_positions_)
+    throw std::invalid_argument("Model::forward: a sequence of " + std::to_string(batch.max_context_len()) +
+                                " tokens exceeds the " + std::to_string(max_positions_) + " positions this model serves");
+  inputs_.prepare(batch, weights_->plan.vocab.begin, weights_->plan.vocab.end);
+}
+
+Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidden) {
   const ModelConfig& c = config_;
   Backend& be = backend_;
   const Weights& w = *weights_;
   const ShardPlan& plan = w.plan;
   const DType dt = be.compute_dtype();
-  const int64_t t = batch.num_tokens(), h = c.hidden_size;
+  const StepInputs& in = inputs_.current();
+  const AttentionMetadata& meta = in.meta;
+  const int64_t t = meta.num_tokens, h = c.hidden_size;
   const int tp = shard_.layout.tensor_parallel_size, dp = shard_.layout.data_parallel_size;
-  if (batch.block_size != cache.block_size) throw std::invalid_argument("Model::forward: block size differs from the cache's");
-  if (batch.max_context_len() > max_positions_)
-    throw std::invalid_argument("Model::forward: a sequence of " + std::to_string(batch.max_context_len()) +
-                                " tokens exceeds the " + std::to_string(max_positions_) + " positions this model serves");
+  if (meta.block_size != cache.block_size) throw std::invalid_argument("Model::forward: block size differs from the cache's");
   Pass pass{be, dt, t};
-
-  AttentionMetadata meta;
-  meta.positions = pass.upload_i32(batch.positions);
-  meta.slot_mapping = pass.upload_i32(batch.slot_mapping);
-  meta.query_start = pass.upload_i32(batch.query_start);
-  meta.context_lens = pass.upload_i32(batch.context_lens);
-  const std::vector<int32_t> tables = batch.flat_block_tables();
-  meta.block_tables = pass.upload_i32(tables).reshape({batch.num_seqs(), std::max(1, batch.max_blocks_per_seq())});
-  meta.num_seqs = batch.num_seqs();
-  meta.num_tokens = static_cast<int>(t);
-  meta.max_query_len = batch.max_query_len();
-  meta.max_context_len = batch.max_context_len();
-  meta.block_size = batch.block_size;
 
   const QkvLayout layout{local_heads(), local_kv_heads(), c.head_dim};
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
@@ -328,9 +327,7 @@ Tensor Model::forward(const StepBatch& batch, const KvCache& cache, const Forwar
   Tensor residual = be.allocate({t, h}, dt);
   if (shard_.first_stage()) {
     // Ids outside this rank's vocabulary slice embed as zeros; the all-reduce fills them in.
-    std::vector<int32_t> local = batch.token_ids;
-    for (int32_t& id : local) id = (id >= plan.vocab.begin && id < plan.vocab.end) ? id - static_cast<int32_t>(plan.vocab.begin) : -1;
-    be.embedding(w.embed, pass.upload_i32(local), residual);
+    be.embedding(w.embed, in.token_ids, residual);
     if (comms_.tp) comms_.tp->all_reduce(residual);
   } else {
     comms_.prev->recv(residual, 0);
@@ -494,17 +491,17 @@ Tensor Model::forward(const StepBatch& batch, const KvCache& cache, const Forwar
     return {};
   }
 
-  if (hidden && !batch.embed_indices.empty()) {
-    const int64_t n = static_cast<int64_t>(batch.embed_indices.size());
+  if (hidden && in.num_embeds > 0) {
+    const int64_t n = in.num_embeds;
     Tensor picked = be.allocate({n, h}, dt);
-    be.embedding(residual, pass.upload_i32(batch.embed_indices), picked);
+    be.embedding(residual, in.embed_indices, picked);
     *hidden = be.allocate({n, h}, dt);
     be.rms_norm(picked, w.final_norm, eps, *hidden);
   }
   // Only the rows that need logits go through the final norm and the LM head.
-  const int64_t rows = static_cast<int64_t>(batch.logits_indices.size());
+  const int64_t rows = in.num_logits;
   Tensor picked = be.allocate({rows, h}, dt);
-  be.embedding(residual, pass.upload_i32(batch.logits_indices), picked);
+  be.embedding(residual, in.logits_indices, picked);
   Tensor normed = be.allocate({rows, h}, dt);
   be.rms_norm(picked, w.final_norm, eps, normed);
   Tensor local = be.allocate({rows, plan.vocab_rows}, dt);

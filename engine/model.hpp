@@ -17,6 +17,7 @@
 #include "engine/kv_cache.hpp"
 #include "engine/safetensors.hpp"
 #include "engine/step_batch.hpp"
+#include "engine/step_inputs.hpp"
 
 namespace troupe {
 
@@ -82,6 +83,13 @@ class Model {
   // `hidden` is given, the final-normed hidden states of batch.embed_indices' rows in it. An empty
   // batch is valid (a data-parallel rank with no work still joins its stage's collectives).
   Tensor forward(const StepBatch& batch, const KvCache& cache, const ForwardHooks& hooks = {}, Tensor* hidden = nullptr);
+  // forward() in two halves: prepare() copies the batch into the model's device buffers, run()
+  // computes from them. run() does no host-to-device copy of its own (except for expert
+  // parallelism across data-parallel ranks), so it can be captured as a CUDA graph and replayed.
+  void prepare(const StepBatch& batch);
+  Tensor run(const KvCache& cache, const ForwardHooks& hooks = {}, Tensor* hidden = nullptr);
+  // Sizes the input buffers for the largest batch to come.
+  void reserve_inputs(int tokens, int seqs, int blocks_per_seq) { inputs_.reserve(tokens, seqs, blocks_per_seq); }
 
  private:
   struct Weights;
@@ -92,6 +100,7 @@ class Model {
   int max_positions_;
   LayerRange layers_;
   std::unique_ptr<Weights> weights_;
+  StepInputBuffers inputs_;
 };
 
 }  // namespace troupe

@@ -272,6 +272,7 @@ int generate_command(int argc, char** argv) {
         std::printf("%s\n", boost::json::serialize(row).c_str());
       }
     }
+    std::fflush(stdout);
     std::fprintf(stderr, "%zu requests, %lld prompt and %lld generated tokens in %.2f s: %.1f generated tokens/s\n",
                  batch.size(), static_cast<long long>(prompt_tokens), static_cast<long long>(generated), seconds,
                  generated / seconds);

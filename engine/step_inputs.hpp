@@ -1,0 +1,43 @@
+// A step's batch on the device, in buffers that live as long as the model: what a forward pass
+// reads. Because the addresses never change, a decode step can be captured once as a CUDA graph and
+// replayed with new contents (prepare() only copies; it never allocates once the buffers are big
+// enough).
+#pragma once
+
+#include <cstdint>
+
+#include "engine/backend.hpp"
+#include "engine/step_batch.hpp"
+
+namespace troupe {
+
+struct StepInputs {
+  Tensor token_ids;       // [T] ids in this rank's vocabulary slice, -1 for ids of other ranks
+  Tensor logits_indices;  // [R]
+  Tensor embed_indices;   // [E]
+  AttentionMetadata meta;
+  int num_logits = 0;
+  int num_embeds = 0;
+};
+
+class StepInputBuffers {
+ public:
+  explicit StepInputBuffers(Backend& backend) : backend_(backend) {}
+
+  // Copies the batch into the buffers (growing them when too small) and returns views of the
+  // batch's size. Ids outside [vocab_begin, vocab_end) become -1; the others are shifted by
+  // vocab_begin (a vocabulary-parallel embedding's local rows).
+  const StepInputs& prepare(const StepBatch& batch, int64_t vocab_begin, int64_t vocab_end);
+  const StepInputs& current() const { return inputs_; }
+  // Grows the buffers to hold at least this much, so later prepare() calls never allocate.
+  void reserve(int tokens, int seqs, int blocks_per_seq);
+
+ private:
+  Backend& backend_;
+  int tokens_ = 0, seqs_ = 0, blocks_ = 0;
+  Tensor token_ids_, positions_, slots_, query_start_, context_lens_, block_tables_, logits_, embeds_;
+  std::vector<int32_t> staging_;
+  StepInputs inputs_;
+};
+
+}  // namespace troupe
