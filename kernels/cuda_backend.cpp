@@ -12,10 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "kernels/attention.cuh"
 #include "kernels/cuda_check.hpp"
 #include "kernels/elementwise.cuh"
 #include "kernels/gemm.hpp"
+#include "kernels/qk_norm.cuh"
 #include "kernels/rmsnorm.cuh"
+#include "kernels/rope_kv.cuh"
 
 namespace troupe {
 
@@ -240,16 +243,116 @@ class CudaBackend final : public Backend {
     cuda::add(bf16_in(x), bf16_out(inout), x.numel(), stream_);
   }
 
-  void qk_norm(const Tensor&, const QkvLayout&, const Tensor&, const Tensor&, float) override {
-    not_implemented("qk_norm");
+  void qk_norm(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight, const Tensor& k_weight,
+               float eps) override {
+    require_bf16(qkv, "qk_norm");
+    require_bf16(q_weight, "qk_norm");
+    require_bf16(k_weight, "qk_norm");
+    const int64_t width = layout.width();
+    require(width > 0 && qkv.numel() % width == 0, "qk_norm",
+            "qkv " + qkv.describe() + " is not made of rows of " + std::to_string(width));
+    require(q_weight.numel() == layout.head_dim && k_weight.numel() == layout.head_dim, "qk_norm",
+            "weights " + q_weight.describe() + ", " + k_weight.describe() + " for head_dim " +
+                std::to_string(layout.head_dim));
+    bind();
+    cuda::qk_norm(bf16_out(qkv), qkv.numel() / width, layout.num_heads, layout.num_kv_heads, layout.head_dim,
+                  bf16_in(q_weight), bf16_in(k_weight), eps, stream_);
   }
-  void rope_store_kv(const Tensor&, const QkvLayout&, const AttentionMetadata&, const RopeTable&,
-                     const KvLayer&) override {
-    not_implemented("rope_store_kv");
+
+  void rope_store_kv(const Tensor& qkv, const QkvLayout& layout, const AttentionMetadata& meta, const RopeTable& rope,
+                     const KvLayer& cache) override {
+    const char* op = "rope_store_kv";
+    require_bf16(qkv, op);
+    require_bf16(cache.k, op);
+    require_bf16(cache.v, op);
+    require_metadata(meta.positions, meta.num_tokens, op, "positions");
+    require_metadata(meta.slot_mapping, meta.num_tokens, op, "slot_mapping");
+    const int half = layout.head_dim / 2;
+    require(layout.head_dim > 0 && layout.head_dim % 2 == 0, op, "head_dim must be even");
+    for (const Tensor* t : {&rope.cos, &rope.sin})
+      require(t->device() == Device::cuda && t->dtype() == DType::f32 && t->rank() == 2 && t->size(1) == half &&
+                  t->shape() == rope.cos.shape(),
+              op, "rope tables must be f32 cuda [positions, " + std::to_string(half) + "], got " + t->describe());
+    require(qkv.numel() == static_cast<int64_t>(meta.num_tokens) * layout.width(), op,
+            "qkv " + qkv.describe() + " for " + std::to_string(meta.num_tokens) + " tokens");
+    const int64_t kv_size = layout.kv_size();
+    require(kv_size > 0 && cache.k.numel() % kv_size == 0 && cache.v.shape() == cache.k.shape(), op,
+            "cache " + cache.k.describe() + ", " + cache.v.describe() + " for " + std::to_string(kv_size) +
+                " values per slot");
+    // Positions lie below the context lengths; the kernel cannot throw on a position it cannot rotate.
+    require(meta.max_context_len <= rope.cos.size(0), op,
+            "contexts of " + std::to_string(meta.max_context_len) + " tokens exceed the rope table of " +
+                std::to_string(rope.cos.size(0)) + " positions");
+    bind();
+    cuda::RopeStoreArgs a;
+    a.qkv = bf16_out(qkv);
+    a.positions = meta.positions.as<int32_t>();
+    a.slot_mapping = meta.slot_mapping.as<int32_t>();
+    a.cos = rope.cos.as<float>();
+    a.sin = rope.sin.as<float>();
+    a.k_cache = bf16_out(cache.k);
+    a.v_cache = bf16_out(cache.v);
+    a.num_tokens = meta.num_tokens;
+    a.num_slots = cache.k.numel() / kv_size;
+    a.max_positions = static_cast<int>(rope.cos.size(0));
+    a.num_heads = layout.num_heads;
+    a.num_kv_heads = layout.num_kv_heads;
+    a.head_dim = layout.head_dim;
+    cuda::rope_store_kv(a, stream_);
   }
-  void attention(const Tensor&, const QkvLayout&, const KvLayer&, const AttentionMetadata&, float,
-                 const Tensor&) override {
-    not_implemented("attention");
+
+  void attention(const Tensor& qkv, const QkvLayout& layout, const KvLayer& cache, const AttentionMetadata& meta,
+                 float scale, const Tensor& out) override {
+    const char* op = "attention";
+    require_bf16(qkv, op);
+    require_bf16(out, op);
+    require_bf16(cache.k, op);
+    require_bf16(cache.v, op);
+    require_metadata(meta.query_start, meta.num_seqs + 1, op, "query_start");
+    require_metadata(meta.context_lens, meta.num_seqs, op, "context_lens");
+    require(meta.block_tables.device() == Device::cuda && meta.block_tables.dtype() == DType::i32 &&
+                meta.block_tables.rank() == 2 && meta.block_tables.size(0) == meta.num_seqs,
+            op, "block_tables must be i32 cuda [num_seqs, blocks], got " + meta.block_tables.describe());
+    require(qkv.numel() == static_cast<int64_t>(meta.num_tokens) * layout.width() &&
+                out.numel() == static_cast<int64_t>(meta.num_tokens) * layout.q_size(),
+            op, "qkv " + qkv.describe() + ", out " + out.describe() + " for " + std::to_string(meta.num_tokens) +
+                    " tokens");
+    require(cache.k.rank() == 4 && cache.k.size(1) == meta.block_size && cache.k.size(2) == layout.num_kv_heads &&
+                cache.k.size(3) == layout.head_dim && cache.v.shape() == cache.k.shape(),
+            op, "cache " + cache.k.describe() + " for block_size " + std::to_string(meta.block_size));
+    if (meta.num_seqs == 0 || meta.num_tokens == 0) return;
+    bind();
+    if (!attention_workspace_.defined()) {
+      // Sized once for the most the decode path ever splits on this device, so that later steps (and a
+      // captured CUDA graph) never allocate.
+      int sms = 0;
+      TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
+      attention_sm_count_ = sms;
+      attention_workspace_ =
+          allocate({static_cast<int64_t>(cuda::attention_workspace_floats(sms))}, DType::f32);
+    }
+    cuda::AttentionArgs a;
+    a.qkv = bf16_in(qkv);
+    a.out = bf16_out(out);
+    a.k_cache = bf16_in(cache.k);
+    a.v_cache = bf16_in(cache.v);
+    a.query_start = meta.query_start.as<int32_t>();
+    a.context_lens = meta.context_lens.as<int32_t>();
+    a.block_tables = meta.block_tables.as<int32_t>();
+    a.num_seqs = meta.num_seqs;
+    a.num_tokens = meta.num_tokens;
+    a.max_query_len = meta.max_query_len;
+    a.max_context_len = meta.max_context_len;
+    a.max_blocks_per_seq = static_cast<int>(meta.block_tables.size(1));
+    a.block_size = meta.block_size;
+    a.num_heads = layout.num_heads;
+    a.num_kv_heads = layout.num_kv_heads;
+    a.head_dim = layout.head_dim;
+    a.scale = scale;
+    a.workspace = attention_workspace_.as<float>();
+    a.workspace_floats = static_cast<size_t>(attention_workspace_.numel());
+    a.sm_count = attention_sm_count_;
+    cuda::attention(a, stream_);
   }
   void moe_route(const Tensor&, int, bool, const Tensor&, const Tensor&) override { not_implemented("moe_route"); }
   void moe_experts(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int,
@@ -272,6 +375,15 @@ class CudaBackend final : public Backend {
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
+  // Attention: the decode path's split-context scratch, allocated at the first attention call.
+  Tensor attention_workspace_;
+  int attention_sm_count_ = 0;
+
+  // An i32 cuda tensor of `n` elements (per-step attention metadata).
+  static void require_metadata(const Tensor& t, int64_t n, const char* op, const char* name) {
+    require(t.device() == Device::cuda && t.dtype() == DType::i32 && t.numel() == n, op,
+            std::string(name) + " must be i32 cuda of " + std::to_string(n) + " elements, got " + t.describe());
+  }
 };
 
 }  // namespace

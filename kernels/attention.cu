@@ -1,0 +1,72 @@
+// The attention entry: checks what the kernels rely on, then picks decode or prefill.
+#include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/attention.cuh"
+#include "kernels/attention_tiles.cuh"
+
+namespace troupe::cuda {
+
+bool attention_supports_head_dim(int head_dim) {
+  return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
+}
+
+size_t attention_workspace_floats(int sm_count) {
+  // paged_decode splits a context only until about kDecodeCtasPerSm CTAs per multiprocessor exist;
+  // each CTA's query rows (16 when a kv head serves up to 16 query heads) then need head_dim + 2
+  // floats per split. Where a batch would want more (groups of 16 query heads per kv head), the
+  // decode path takes fewer splits instead.
+  const size_t sms = static_cast<size_t>(sm_count > 0 ? sm_count : 132);
+  return sms * attn::kDecodeCtasPerSm * 16 * (128 + 2);
+}
+
+namespace attn {
+
+void allow_shared_memory(const void* kernel, int bytes, std::atomic<uint64_t>& granted) {
+  if (bytes <= 48 * 1024) return;
+  int device = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (granted.load(std::memory_order_acquire) & bit)) return;
+  // Two threads may both get here for one device: setting the attribute twice is harmless.
+  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  granted.fetch_or(bit, std::memory_order_acq_rel);
+}
+
+}  // namespace attn
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("attention: " + what);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+void attention(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.num_seqs == 0 || a.num_tokens == 0) return;
+  require(attention_supports_head_dim(a.head_dim),
+          "head_dim " + std::to_string(a.head_dim) + " is not supported (16, 32, 64, 128)");
+  require(a.num_kv_heads > 0 && a.num_heads % a.num_kv_heads == 0,
+          std::to_string(a.num_heads) + " query heads are not a multiple of " + std::to_string(a.num_kv_heads) +
+              " kv heads");
+  require(a.block_size > 0 && a.max_blocks_per_seq > 0, "block_size and the block table width must be positive");
+  require(a.max_query_len >= 1 && a.max_query_len <= a.max_context_len,
+          "max_query_len " + std::to_string(a.max_query_len) + " outside [1, max_context_len " +
+              std::to_string(a.max_context_len) + "]");
+  // 16-byte loads of q rows and cache rows (head_dim is a multiple of 8, so rows keep the alignment).
+  require(aligned16(a.qkv) && aligned16(a.k_cache) && aligned16(a.v_cache) && aligned16(a.out),
+          "qkv, the cache and out must be 16-byte aligned");
+  require(a.num_seqs <= 65535, "more than 65535 sequences in one step");
+  if (a.max_query_len == 1) {
+    attn::paged_decode(a, stream);
+  } else {
+    attn::flash_prefill(a, stream);
+  }
+}
+
+}  // namespace troupe::cuda

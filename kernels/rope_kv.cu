@@ -1,0 +1,122 @@
+// RoPE on q and k, fused with the cache write of k and v: one pass over the qkv row instead of a
+// rotate pass and a copy pass. One block per token; a thread takes 8 pairs (x_i, x_{i+half}) of one
+// head, so every access is 16 bytes (32 for the f32 cos/sin) when head_dim is a multiple of 16.
+// Llama 3 frequency scaling lives in the table (engine/rope.cpp), so the kernel only reads cos/sin.
+#include <stdexcept>
+
+#include "kernels/common.cuh"
+#include "kernels/rope_kv.cuh"
+
+namespace troupe::cuda {
+namespace {
+
+constexpr int threads = 128;
+
+template <int kVec>
+struct Lane;
+
+template <>
+struct Lane<8> {
+  static __device__ __forceinline__ void load(const bf16* p, float (&v)[8]) {
+    const Bf16x8 pack = load8(p);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = pack.get(j);
+      v[2 * j] = f.x;
+      v[2 * j + 1] = f.y;
+    }
+  }
+  static __device__ __forceinline__ void load(const float* p, float (&v)[8]) {
+    const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+  static __device__ __forceinline__ Bf16x8 pack(const float (&v)[8]) {
+    Bf16x8 r;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) r.set(j, v[2 * j], v[2 * j + 1]);
+    return r;
+  }
+  static __device__ __forceinline__ void store(bf16* p, const Bf16x8& v) { store8(p, v); }
+  static __device__ __forceinline__ void copy(const bf16* src, bf16* dst) { store8(dst, load8(src)); }
+};
+
+template <>
+struct Lane<1> {
+  static __device__ __forceinline__ void load(const bf16* p, float (&v)[1]) { v[0] = __bfloat162float(*p); }
+  static __device__ __forceinline__ void load(const float* p, float (&v)[1]) { v[0] = *p; }
+  static __device__ __forceinline__ bf16 pack(const float (&v)[1]) { return __float2bfloat16_rn(v[0]); }
+  static __device__ __forceinline__ void store(bf16* p, bf16 v) { *p = v; }
+  static __device__ __forceinline__ void copy(const bf16* src, bf16* dst) { *dst = *src; }
+};
+
+template <int kVec>
+__global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreArgs a) {
+  using L = Lane<kVec>;
+  const int64_t t = blockIdx.x;
+  const int d = a.head_dim, half = d / 2;
+  const int q_size = a.num_heads * d, kv_size = a.num_kv_heads * d;
+  bf16* const row = a.qkv + t * (q_size + 2 * kv_size);
+  const int pos = a.positions[t];
+  const int slot = a.slot_mapping[t];
+  const bool rotate = pos >= 0 && pos < a.max_positions;
+  const bool cache = slot >= 0 && slot < a.num_slots;
+
+  const int groups = half / kVec;  // vectors per half head
+  for (int item = threadIdx.x; item < (a.num_heads + a.num_kv_heads) * groups; item += blockDim.x) {
+    const int h = item / groups, i = (item - h * groups) * kVec;
+    bf16* const x = row + h * d + i;
+    float x1[kVec], x2[kVec], y1[kVec], y2[kVec];
+    L::load(x, x1);
+    L::load(x + half, x2);
+    if (rotate) {
+      float c[kVec], s[kVec];
+      L::load(a.cos + static_cast<int64_t>(pos) * half + i, c);
+      L::load(a.sin + static_cast<int64_t>(pos) * half + i, s);
+      // Separately rounded products and sums (no FMA contraction), as the f32 CPU reference computes
+      // them, so both round to the same bf16.
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        y1[j] = __fsub_rn(__fmul_rn(x1[j], c[j]), __fmul_rn(x2[j], s[j]));
+        y2[j] = __fadd_rn(__fmul_rn(x2[j], c[j]), __fmul_rn(x1[j], s[j]));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) y1[j] = x1[j], y2[j] = x2[j];
+    }
+    const auto p1 = L::pack(y1), p2 = L::pack(y2);
+    L::store(x, p1);
+    L::store(x + half, p2);
+    if (cache && h >= a.num_heads) {
+      bf16* const k = a.k_cache + static_cast<int64_t>(slot) * kv_size + (h - a.num_heads) * d + i;
+      L::store(k, p1);
+      L::store(k + half, p2);
+    }
+  }
+  if (!cache) return;
+  const bf16* const v_src = row + q_size + kv_size;
+  bf16* const v_dst = a.v_cache + static_cast<int64_t>(slot) * kv_size;
+  for (int i = threadIdx.x * kVec; i < kv_size; i += blockDim.x * kVec) L::copy(v_src + i, v_dst + i);
+}
+
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+}  // namespace
+
+void rope_store_kv(const RopeStoreArgs& a, cudaStream_t stream) {
+  if (a.num_tokens == 0) return;
+  if (a.head_dim <= 0 || a.head_dim % 2 != 0) throw std::invalid_argument("rope_store_kv: head_dim must be even");
+  if (a.num_tokens > 0x7fffffff) throw std::invalid_argument("rope_store_kv: more than 2^31 tokens");
+  const int half = a.head_dim / 2;
+  const bool vectorised = half % 8 == 0 && aligned(a.qkv, 16) && aligned(a.k_cache, 16) && aligned(a.v_cache, 16) &&
+                          aligned(a.cos, 16) && aligned(a.sin, 16);
+  const dim3 grid(static_cast<unsigned>(a.num_tokens));
+  if (vectorised) {
+    rope_store_kv_kernel<8><<<grid, threads, 0, stream>>>(a);
+    TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel<8>);
+  } else {
+    rope_store_kv_kernel<1><<<grid, threads, 0, stream>>>(a);
+    TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel<1>);
+  }
+}
+
+}  // namespace troupe::cuda

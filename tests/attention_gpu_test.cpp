@@ -1,0 +1,571 @@
+// The CUDA backend's attention-side ops (qk_norm, rope_store_kv, attention) against the CPU reference
+// on random inputs rounded to bf16, so that only the precision of the computation differs; the check
+// is ‖gpu − cpu‖ / ‖cpu‖ ≤ 1e-2 with every output finite.
+//
+// Traps for wrong indexing: GPU outputs are NaN-poisoned with a guard row after them; every cache
+// slot that no sequence owns (including the tail of each sequence's last block) holds NaN, so a key
+// read past a context's end poisons the output; block tables are padded with a block id far outside
+// the cache, so a kernel that reads a table entry it does not need faults (and compute-sanitizer
+// names it); blocks are handed out from a shuffled pool, so a kernel that assumes contiguous blocks
+// reads the wrong keys.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "config/model_config.hpp"
+#include "engine/cpu_backend.hpp"
+#include "engine/dtype.hpp"
+#include "engine/rope.hpp"
+#include "kernels/cuda_backend.hpp"
+
+namespace troupe {
+namespace {
+
+using Shape = std::vector<int64_t>;
+
+constexpr double tolerance = 1e-2;
+constexpr uint16_t bf16_nan = 0xffff;
+constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
+constexpr int32_t bad_block = 1 << 29;  // pads block tables past a sequence's blocks
+
+int64_t count(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+// Values that bf16 holds exactly, drawn from N(mean, stddev).
+std::vector<float> random_values(int64_t n, uint32_t seed, float mean = 0.0f, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(mean, stddev);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = bf16_to_f32(f32_to_bf16(dist(rng)));
+  return v;
+}
+
+std::vector<float> read(Backend& backend, const Tensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  backend.download(t, v.data());
+  return v;
+}
+
+// ‖out − ref‖ / ‖ref‖ over all elements, and no NaN or infinity in out.
+void expect_close(const std::vector<float>& out, const std::vector<float>& ref, const std::string& what) {
+  ASSERT_EQ(out.size(), ref.size()) << what;
+  double diff2 = 0.0, ref2 = 0.0;
+  int64_t bad = 0, first_bad = -1;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) {
+      if (bad++ == 0) first_bad = static_cast<int64_t>(i);
+      continue;
+    }
+    const double d = static_cast<double>(out[i]) - ref[i];
+    diff2 += d * d;
+    ref2 += static_cast<double>(ref[i]) * ref[i];
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << out.size() << " outputs not finite, first at " << first_bad;
+  ASSERT_GT(ref2, 0.0) << what << ": reference is all zeros, the comparison would say nothing";
+  const double rel = std::sqrt(diff2 / ref2);
+  EXPECT_LE(rel, tolerance) << what << ": relative error " << rel;
+}
+
+void expect_untouched(const std::vector<float>& guard, const std::string& what) {
+  int64_t touched = 0;
+  for (float v : guard) touched += !std::isnan(v);
+  EXPECT_EQ(touched, 0) << what << ": " << touched << " elements written outside the output";
+}
+
+struct Seq {
+  int query_len;
+  int context_len;
+};
+
+std::string describe(const std::vector<Seq>& seqs) {
+  std::string s;
+  for (const Seq& q : seqs) s += (s.empty() ? "" : " ") + std::to_string(q.query_len) + "/" + std::to_string(q.context_len);
+  return "(query/context: " + s + ")";
+}
+
+// One step's metadata on the host, in AttentionMetadata's terms.
+struct HostBatch {
+  std::vector<int32_t> positions, slot_mapping, query_start, context_lens, block_tables;
+  int num_seqs = 0, num_tokens = 0, max_query_len = 0, max_context_len = 0, table_width = 0, block_size = 16;
+};
+
+HostBatch make_batch(const std::vector<Seq>& seqs, const std::vector<std::vector<int32_t>>& tables, int block_size) {
+  HostBatch b;
+  b.block_size = block_size;
+  b.num_seqs = static_cast<int>(seqs.size());
+  for (const auto& t : tables) b.table_width = std::max(b.table_width, static_cast<int>(t.size()));
+  b.table_width += 1;  // at least one padding entry per row
+  b.query_start.push_back(0);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const Seq& q = seqs[s];
+    for (int i = 0; i < q.query_len; ++i) {
+      const int pos = q.context_len - q.query_len + i;
+      b.positions.push_back(pos);
+      b.slot_mapping.push_back(tables[s].at(pos / block_size) * block_size + pos % block_size);
+    }
+    b.query_start.push_back(static_cast<int32_t>(b.positions.size()));
+    b.context_lens.push_back(q.context_len);
+    b.max_query_len = std::max(b.max_query_len, q.query_len);
+    b.max_context_len = std::max(b.max_context_len, q.context_len);
+    std::vector<int32_t> row = tables[s];
+    row.resize(static_cast<size_t>(b.table_width), bad_block);
+    b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
+  }
+  b.num_tokens = static_cast<int>(b.positions.size());
+  return b;
+}
+
+// Blocks for sequences of the given final lengths, drawn without repetition from a shuffled pool of
+// `num_blocks`.
+std::vector<std::vector<int32_t>> scattered_tables(const std::vector<int>& lengths, int block_size, int num_blocks,
+                                                   uint32_t seed) {
+  std::vector<int32_t> pool(static_cast<size_t>(num_blocks));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), std::mt19937(seed));
+  std::vector<std::vector<int32_t>> tables;
+  size_t next = 0;
+  for (int len : lengths) {
+    const int blocks = (len + block_size - 1) / block_size;
+    tables.emplace_back(pool.begin() + static_cast<int64_t>(next), pool.begin() + static_cast<int64_t>(next + blocks));
+    next += static_cast<size_t>(blocks);
+  }
+  if (next > pool.size()) throw std::logic_error("scattered_tables: pool too small");
+  return tables;
+}
+
+int blocks_for(const std::vector<int>& lengths, int block_size) {
+  int n = 0;
+  for (int len : lengths) n += (len + block_size - 1) / block_size;
+  return n;
+}
+
+class AttentionGpuTest : public ::testing::Test {
+ protected:
+  static void TearDownTestSuite() { gpu_.reset(); }
+
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: run on the GPU machine (tools/gpu_smoke.sh)";
+    if (!gpu_) gpu_ = make_cuda_backend(0);
+  }
+
+  // The same values on both backends: bf16 on the GPU (f32 for float tables), f32 on the CPU.
+  static Tensor on(Backend& be, const std::vector<float>& v, const Shape& shape) {
+    Tensor t = be.allocate(shape, be.compute_dtype());
+    be.upload(HostView{v.data(), DType::f32, shape}, t);
+    return t;
+  }
+  static Tensor f32_on(Backend& be, const std::vector<float>& v, const Shape& shape) {
+    Tensor t = be.allocate(shape, DType::f32);
+    be.upload(HostView{v.data(), DType::f32, shape}, t);
+    return t;
+  }
+  static Tensor i32_on(Backend& be, const std::vector<int32_t>& v, Shape shape = {}) {
+    if (shape.empty()) shape = {static_cast<int64_t>(v.size())};
+    Tensor t = be.allocate(shape, DType::i32);
+    be.upload(HostView{v.data(), DType::i32, shape}, t);
+    return t;
+  }
+  Tensor poisoned_gpu(const Shape& shape) {
+    Tensor t = gpu_->allocate(shape, DType::bf16);
+    std::vector<uint16_t> nan(static_cast<size_t>(count(shape)), bf16_nan);
+    gpu_->upload(HostView{nan.data(), DType::bf16, shape}, t);
+    return t;
+  }
+  static AttentionMetadata meta_on(Backend& be, const HostBatch& b) {
+    AttentionMetadata m;
+    m.positions = i32_on(be, b.positions);
+    m.slot_mapping = i32_on(be, b.slot_mapping);
+    m.query_start = i32_on(be, b.query_start);
+    m.context_lens = i32_on(be, b.context_lens);
+    m.block_tables = i32_on(be, b.block_tables, {b.num_seqs, b.table_width});
+    m.num_seqs = b.num_seqs;
+    m.num_tokens = b.num_tokens;
+    m.max_query_len = b.max_query_len;
+    m.max_context_len = b.max_context_len;
+    m.block_size = b.block_size;
+    return m;
+  }
+
+  static inline std::unique_ptr<Backend> gpu_;
+  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
+};
+
+struct AttentionCase {
+  int heads, kv_heads, head_dim, block_size;
+  std::vector<Seq> seqs;
+};
+
+std::string describe(const AttentionCase& c) {
+  return "heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " head_dim " +
+         std::to_string(c.head_dim) + " block " + std::to_string(c.block_size) + " " + describe(c.seqs);
+}
+
+// Attention alone: a cache filled with random keys and values for every position below each
+// sequence's context length (NaN everywhere else), random q, both backends, one comparison.
+class AttentionMatchesCpu : public AttentionGpuTest {
+ protected:
+  void check(const AttentionCase& c, uint32_t seed) {
+    const std::string what = describe(c);
+    SCOPED_TRACE(what);
+    const QkvLayout layout{c.heads, c.kv_heads, c.head_dim};
+    const int bs = c.block_size;
+    std::vector<int> lengths;
+    for (const Seq& s : c.seqs) lengths.push_back(s.context_len);
+    const int num_blocks = blocks_for(lengths, bs) + 3;
+    const auto tables = scattered_tables(lengths, bs, num_blocks, seed);
+    const HostBatch b = make_batch(c.seqs, tables, bs);
+
+    const int64_t kv = layout.kv_size();
+    const Shape cache_shape{num_blocks, bs, c.kv_heads, c.head_dim};
+    std::vector<float> k(static_cast<size_t>(count(cache_shape)), nan_f), v = k;
+    const auto k_values = random_values(count(cache_shape), seed + 1);
+    const auto v_values = random_values(count(cache_shape), seed + 2);
+    for (size_t s = 0; s < c.seqs.size(); ++s) {
+      for (int pos = 0; pos < c.seqs[s].context_len; ++pos) {
+        const int64_t slot = static_cast<int64_t>(tables[s][pos / bs]) * bs + pos % bs;
+        std::copy_n(k_values.begin() + slot * kv, kv, k.begin() + slot * kv);
+        std::copy_n(v_values.begin() + slot * kv, kv, v.begin() + slot * kv);
+      }
+    }
+    const int64_t t = b.num_tokens;
+    // q of stddev 2: logits of stddev ~2, so that the softmax has real peaks to find.
+    const auto qkv = random_values(t * layout.width(), seed + 3, 0.0f, 2.0f);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+    Tensor ref = cpu_->allocate({t, layout.q_size()}, DType::f32);
+    cpu_->attention(on(*cpu_, qkv, {t, layout.width()}), layout,
+                    KvLayer{on(*cpu_, k, cache_shape), on(*cpu_, v, cache_shape)}, meta_on(*cpu_, b), scale, ref);
+
+    Tensor out = poisoned_gpu({t + 1, layout.q_size()});
+    gpu_->attention(on(*gpu_, qkv, {t, layout.width()}), layout,
+                    KvLayer{on(*gpu_, k, cache_shape), on(*gpu_, v, cache_shape)}, meta_on(*gpu_, b), scale,
+                    out.rows(0, t));
+    expect_close(read(*gpu_, out.rows(0, t)), read(*cpu_, ref), what);
+    expect_untouched(read(*gpu_, out.rows(t, t + 1)), what);
+  }
+};
+
+// Context lengths 1 to 3000, on and around block boundaries of 16 and 32.
+const std::vector<int> ragged_contexts = {1, 2, 15, 16, 17, 31, 32, 33, 64, 65, 255, 256, 257, 1000, 2049, 3000};
+
+std::vector<Seq> decode_batch(const std::vector<int>& contexts) {
+  std::vector<Seq> seqs;
+  for (int c : contexts) seqs.push_back({1, c});
+  return seqs;
+}
+
+TEST_F(AttentionMatchesCpu, DecodeRaggedContextsEveryGroupSize) {
+  // Few sequences: the decode path splits the long contexts and combines the parts.
+  uint32_t seed = 100;
+  for (int head_dim : {64, 128, 32}) {
+    for (int group : {1, 2, 4, 8}) {
+      for (int block_size : {16, 32}) check({2 * group, 2, head_dim, block_size, decode_batch(ragged_contexts)}, seed++);
+    }
+  }
+}
+
+TEST_F(AttentionMatchesCpu, DecodeManySequencesWithoutSplits) {
+  // 160 sequences × 8 kv heads = 1280 CTAs: more than the split threshold on an H100 (132 SMs × 8), so
+  // every CTA writes its output directly.
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> len(1, 400);
+  std::vector<int> contexts(160);
+  for (int& c : contexts) c = len(rng);
+  contexts[0] = 1, contexts[1] = 16, contexts[2] = 17, contexts[3] = 400;
+  check({32, 8, 128, 16, decode_batch(contexts)}, 200);
+  check({16, 8, 64, 32, decode_batch(contexts)}, 201);
+}
+
+TEST_F(AttentionMatchesCpu, DecodeGroupsWiderThanOneTile) {
+  // 24 query heads on one kv head (MQA): two row tiles of 16, the second half empty.
+  check({24, 1, 64, 16, decode_batch({1, 17, 300, 3000})}, 300);
+  check({48, 2, 128, 16, decode_batch({5, 64, 1023})}, 301);
+  check({3, 1, 32, 16, decode_batch({1, 100, 2500})}, 302);  // a group of 3
+}
+
+TEST_F(AttentionMatchesCpu, PrefillRaggedPrompts) {
+  const std::vector<Seq> prompts = {{2, 2}, {17, 17}, {64, 64}, {65, 65}, {100, 100}, {300, 300}};
+  uint32_t seed = 400;
+  for (int head_dim : {128, 64, 32, 16}) {
+    for (int group : {1, 3, 8}) {
+      for (int block_size : {16, 32}) check({2 * group, 2, head_dim, block_size, prompts}, seed++);
+    }
+  }
+}
+
+TEST_F(AttentionMatchesCpu, ChunkedPrefillAndPrefixHits) {
+  // Query shorter than the context: the cached prefix is read through the block table, and the causal
+  // limit of token i is context − query + i.
+  const std::vector<Seq> chunks = {{16, 100}, {50, 300}, {7, 64}, {64, 65}, {33, 1500}, {2, 3}, {128, 256}};
+  uint32_t seed = 500;
+  for (int head_dim : {128, 64, 32}) {
+    for (int group : {1, 4}) check({4 * group, 4, head_dim, 16, chunks}, seed++);
+  }
+  check({8, 2, 128, 32, chunks}, seed++);
+}
+
+TEST_F(AttentionMatchesCpu, MixedDecodeAndPrefill) {
+  const std::vector<Seq> mixed = {{1, 3000}, {1, 1}, {120, 120}, {1, 33}, {40, 200}, {1, 32}, {9, 9}};
+  check({16, 4, 128, 16, mixed}, 600);
+  check({8, 8, 64, 32, mixed}, 601);
+  check({24, 1, 64, 16, mixed}, 602);  // MQA: 24 rows per token in the prefill tiles
+  check({8, 2, 16, 16, mixed}, 603);
+}
+
+TEST_F(AttentionMatchesCpu, OtherBlockSizes) {
+  const std::vector<Seq> mixed = {{1, 700}, {1, 1}, {50, 50}, {20, 260}, {1, 255}, {1, 256}, {1, 257}};
+  uint32_t seed = 700;
+  for (int block_size : {1, 8, 24, 64, 256}) check({8, 2, 64, block_size, mixed}, seed++);
+  for (int block_size : {8, 64, 256}) check({8, 2, 128, block_size, decode_batch(ragged_contexts)}, seed++);
+}
+
+TEST_F(AttentionGpuTest, AttentionRejectsWhatItCannotDo) {
+  const QkvLayout odd{4, 2, 80};  // head_dim 80: no kernel instantiation
+  const HostBatch b = make_batch({{1, 1}}, {{0}}, 16);
+  const Shape cache_shape{1, 16, 2, 80};
+  Tensor cache_k = gpu_->allocate(cache_shape, DType::bf16), cache_v = gpu_->allocate(cache_shape, DType::bf16);
+  Tensor qkv = gpu_->allocate({1, odd.width()}, DType::bf16), out = gpu_->allocate({1, odd.q_size()}, DType::bf16);
+  EXPECT_THROW(gpu_->attention(qkv, odd, {cache_k, cache_v}, meta_on(*gpu_, b), 1.0f, out), std::invalid_argument);
+
+  // q rows that start 2 bytes into their allocation: no 16-byte loads possible.
+  const QkvLayout layout{4, 2, 64};
+  const Shape shape64{1, 16, 2, 64};
+  Tensor k64 = gpu_->allocate(shape64, DType::bf16), v64 = gpu_->allocate(shape64, DType::bf16);
+  Tensor whole = gpu_->allocate({layout.width() + 1}, DType::bf16);
+  Tensor shifted = whole.rows(1, layout.width() + 1).reshape({1, layout.width()});
+  Tensor out64 = gpu_->allocate({1, layout.q_size()}, DType::bf16);
+  EXPECT_THROW(gpu_->attention(shifted, layout, {k64, v64}, meta_on(*gpu_, b), 1.0f, out64), std::invalid_argument);
+
+  // An empty step is no error and writes nothing.
+  AttentionMetadata empty = meta_on(*gpu_, b);
+  empty.num_seqs = 0;
+  empty.num_tokens = 0;
+  empty.query_start = i32_on(*gpu_, {0});
+  empty.context_lens = gpu_->allocate({0}, DType::i32);
+  empty.block_tables = gpu_->allocate({0, 1}, DType::i32);
+  Tensor none = gpu_->allocate({0, layout.width()}, DType::bf16);
+  Tensor none_out = gpu_->allocate({0, layout.q_size()}, DType::bf16);
+  EXPECT_NO_THROW(gpu_->attention(none, layout, {k64, v64}, empty, 1.0f, none_out));
+  gpu_->synchronize();
+}
+
+// A Llama 3.1-style table (theta 500000, llama3 scaling), so the scaled frequencies are what is tested.
+RopeValues llama3_rope(int head_dim, int max_positions) {
+  ModelConfig c;
+  c.head_dim = head_dim;
+  c.rope_theta = 500000.0;
+  c.rope_scaling.type = "llama3";
+  c.rope_scaling.factor = 8.0;
+  c.rope_scaling.low_freq_factor = 1.0;
+  c.rope_scaling.high_freq_factor = 4.0;
+  c.rope_scaling.original_max_position_embeddings = 8192;
+  return rope_values(c, max_positions);
+}
+
+struct HeadShape {
+  int heads, kv_heads, head_dim;
+};
+
+TEST_F(AttentionGpuTest, RopeStoreKvMatchesCpu) {
+  // head_dim 24 and 20: half a head is not a multiple of 8, so the scalar path runs.
+  const HeadShape shapes[] = {{8, 2, 128}, {4, 4, 64}, {6, 2, 32}, {2, 1, 16}, {4, 2, 24}, {2, 2, 20}};
+  const int max_positions = 5000, num_slots = 300;
+  uint32_t seed = 800;
+  for (const HeadShape& h : shapes) {
+    for (int tokens : {1, 7, 64}) {
+      const std::string what = "rope_store_kv heads " + std::to_string(h.heads) + "/" + std::to_string(h.kv_heads) +
+                               " head_dim " + std::to_string(h.head_dim) + " tokens " + std::to_string(tokens);
+      SCOPED_TRACE(what);
+      const QkvLayout layout{h.heads, h.kv_heads, h.head_dim};
+      std::mt19937 rng(seed++);
+      HostBatch b;
+      std::vector<int32_t> slots(num_slots);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), rng);
+      std::uniform_int_distribution<int> pos(0, max_positions - 1);
+      for (int t = 0; t < tokens; ++t) {
+        b.positions.push_back(t == 0 ? max_positions - 1 : pos(rng));
+        b.slot_mapping.push_back(t % 3 == 1 ? -1 : slots[t]);  // every third token is padding
+      }
+      b.num_tokens = tokens;
+      b.max_context_len = max_positions;
+      b.query_start = {0, tokens};
+      b.context_lens = {max_positions};
+      b.block_tables = {0};
+      b.num_seqs = 1;
+      b.table_width = 1;
+
+      const RopeValues rope = llama3_rope(h.head_dim, max_positions);
+      const Shape rope_shape{max_positions, h.head_dim / 2};
+      const Shape cache_shape{num_slots, 1, h.kv_heads, h.head_dim};
+      const std::vector<float> poison(static_cast<size_t>(count(cache_shape)), nan_f);
+      const auto qkv = random_values(tokens * layout.width(), seed * 7);
+
+      Tensor qkv_cpu = on(*cpu_, qkv, {tokens, layout.width()});
+      KvLayer cache_cpu{on(*cpu_, poison, cache_shape), on(*cpu_, poison, cache_shape)};
+      cpu_->rope_store_kv(qkv_cpu, layout, meta_on(*cpu_, b),
+                          {f32_on(*cpu_, rope.cos, rope_shape), f32_on(*cpu_, rope.sin, rope_shape)}, cache_cpu);
+
+      Tensor qkv_gpu = on(*gpu_, qkv, {tokens, layout.width()});
+      KvLayer cache_gpu{on(*gpu_, poison, cache_shape), on(*gpu_, poison, cache_shape)};
+      gpu_->rope_store_kv(qkv_gpu, layout, meta_on(*gpu_, b),
+                          {f32_on(*gpu_, rope.cos, rope_shape), f32_on(*gpu_, rope.sin, rope_shape)}, cache_gpu);
+
+      const auto rotated = read(*gpu_, qkv_gpu);
+      const auto expected = read(*cpu_, qkv_cpu);
+      expect_close(rotated, expected, what + ", rotated qkv");
+      const int64_t w = layout.width(), kv = layout.kv_size();
+      for (int t = 0; t < tokens; ++t) {  // v passes through bit for bit
+        for (int64_t e = layout.q_size() + kv; e < w; ++e) ASSERT_EQ(rotated[t * w + e], qkv[t * w + e]) << "token " << t;
+      }
+
+      const auto k_gpu = read(*gpu_, cache_gpu.k), v_gpu = read(*gpu_, cache_gpu.v);
+      const auto k_cpu = read(*cpu_, cache_cpu.k);
+      std::vector<bool> written(num_slots, false);
+      std::vector<float> k_got, k_want;
+      for (int t = 0; t < tokens; ++t) {
+        const int slot = b.slot_mapping[t];
+        if (slot < 0) continue;
+        written[slot] = true;
+        for (int64_t e = 0; e < kv; ++e) {
+          // The cached k is the rotated k of the qkv row, and v the row's v, exactly.
+          ASSERT_EQ(k_gpu[slot * kv + e], rotated[t * w + layout.q_size() + e]) << "k of token " << t;
+          ASSERT_EQ(v_gpu[slot * kv + e], qkv[t * w + layout.q_size() + kv + e]) << "v of token " << t;
+          k_got.push_back(k_gpu[slot * kv + e]);
+          k_want.push_back(k_cpu[slot * kv + e]);
+        }
+      }
+      expect_close(k_got, k_want, what + ", cached k");
+      std::vector<float> untouched;
+      for (int s = 0; s < num_slots; ++s) {
+        if (written[s]) continue;
+        untouched.insert(untouched.end(), k_gpu.begin() + s * kv, k_gpu.begin() + (s + 1) * kv);
+        untouched.insert(untouched.end(), v_gpu.begin() + s * kv, v_gpu.begin() + (s + 1) * kv);
+      }
+      expect_untouched(untouched, what + ", cache slots of no token (slot -1 included)");
+    }
+  }
+}
+
+TEST_F(AttentionGpuTest, QkNormMatchesCpu) {
+  const HeadShape shapes[] = {{16, 8, 128}, {8, 2, 64}, {4, 2, 32}, {2, 1, 16}, {4, 2, 20}};
+  uint32_t seed = 900;
+  for (const HeadShape& h : shapes) {
+    for (int64_t tokens : {1, 7, 33}) {
+      const std::string what = "qk_norm heads " + std::to_string(h.heads) + "/" + std::to_string(h.kv_heads) +
+                               " head_dim " + std::to_string(h.head_dim) + " tokens " + std::to_string(tokens);
+      const QkvLayout layout{h.heads, h.kv_heads, h.head_dim};
+      const auto qkv = random_values(tokens * layout.width(), seed++, 0.5f, 2.0f);
+      const auto qw = random_values(h.head_dim, seed++, 1.0f, 0.5f);
+      const auto kw = random_values(h.head_dim, seed++, 1.0f, 0.5f);
+      const float eps = 1e-6f;
+
+      Tensor qkv_cpu = on(*cpu_, qkv, {tokens, layout.width()});
+      cpu_->qk_norm(qkv_cpu, layout, on(*cpu_, qw, {h.head_dim}), on(*cpu_, kw, {h.head_dim}), eps);
+      Tensor whole = poisoned_gpu({tokens + 1, layout.width()});
+      Tensor qkv_gpu = whole.rows(0, tokens);
+      gpu_->upload(HostView{qkv.data(), DType::f32, {tokens, layout.width()}}, qkv_gpu);
+      gpu_->qk_norm(qkv_gpu, layout, on(*gpu_, qw, {h.head_dim}), on(*gpu_, kw, {h.head_dim}), eps);
+
+      const auto got = read(*gpu_, qkv_gpu);
+      const auto want = read(*cpu_, qkv_cpu);
+      expect_close(got, want, what);
+      const int64_t w = layout.width();
+      for (int64_t t = 0; t < tokens; ++t) {  // v untouched
+        for (int64_t e = layout.q_size() + layout.kv_size(); e < w; ++e) ASSERT_EQ(got[t * w + e], qkv[t * w + e]);
+      }
+      expect_untouched(read(*gpu_, whole.rows(tokens, tokens + 1)), what);
+    }
+  }
+}
+
+// The model's sequence of ops over several steps, each backend on its own cache: prompts, chunked
+// prefill, a prefix-cache hit (a sequence whose first blocks are another's), decode — rope_store_kv
+// writes what attention reads later.
+TEST_F(AttentionGpuTest, StepsOfRopeStoreAndAttentionMatchCpu) {
+  struct Plan {
+    int heads, kv_heads, head_dim, block_size;
+  };
+  const int max_positions = 4096;
+  uint32_t seed = 1000;
+  for (const Plan& p : {Plan{8, 2, 64, 16}, Plan{16, 4, 128, 16}, Plan{4, 4, 32, 32}, Plan{6, 2, 128, 32}}) {
+    const std::string what = "heads " + std::to_string(p.heads) + "/" + std::to_string(p.kv_heads) + " head_dim " +
+                             std::to_string(p.head_dim) + " block " + std::to_string(p.block_size);
+    SCOPED_TRACE(what);
+    const QkvLayout layout{p.heads, p.kv_heads, p.head_dim};
+    const int bs = p.block_size;
+    // Final lengths: A 100 prompt + 3 decoded, B 37 + 3, C 300 in three chunks + 1, D = A's first
+    // `shared` tokens (whole blocks, a prefix hit) + 20 of its own + 2 decoded.
+    const int shared = (96 / bs) * bs;
+    auto tables = scattered_tables({103, 40, 301, 22 + bs}, bs, blocks_for({103, 40, 301, 22 + bs}, bs) + 4, seed);
+    std::vector<int32_t> d_table(tables[0].begin(), tables[0].begin() + shared / bs);
+    d_table.insert(d_table.end(), tables[3].begin(), tables[3].end());
+    tables[3] = d_table;
+    const int shared_end = shared;
+    // Each step: (query, context) per sequence, in order A, B, C, D; a query of 0 leaves it out.
+    const std::vector<std::vector<Seq>> steps = {
+        {{100, 100}, {37, 37}, {128, 128}, {0, 0}},
+        {{1, 101}, {1, 38}, {128, 256}, {20, shared_end + 20}},
+        {{1, 102}, {1, 39}, {44, 300}, {1, shared_end + 21}},
+        {{1, 103}, {1, 40}, {1, 301}, {1, shared_end + 22}},
+    };
+
+    const RopeValues rope = llama3_rope(p.head_dim, max_positions);
+    const Shape rope_shape{max_positions, p.head_dim / 2};
+    const RopeTable rope_cpu{f32_on(*cpu_, rope.cos, rope_shape), f32_on(*cpu_, rope.sin, rope_shape)};
+    const RopeTable rope_gpu{f32_on(*gpu_, rope.cos, rope_shape), f32_on(*gpu_, rope.sin, rope_shape)};
+    int num_blocks = 0;
+    for (const auto& t : tables) num_blocks = std::max(num_blocks, 1 + *std::max_element(t.begin(), t.end()));
+    const Shape cache_shape{num_blocks + 2, bs, p.kv_heads, p.head_dim};
+    const std::vector<float> poison(static_cast<size_t>(count(cache_shape)), nan_f);
+    KvLayer cache_cpu{on(*cpu_, poison, cache_shape), on(*cpu_, poison, cache_shape)};
+    KvLayer cache_gpu{on(*gpu_, poison, cache_shape), on(*gpu_, poison, cache_shape)};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+
+    for (size_t step = 0; step < steps.size(); ++step) {
+      std::vector<Seq> seqs;
+      std::vector<std::vector<int32_t>> step_tables;
+      for (size_t s = 0; s < steps[step].size(); ++s) {
+        if (steps[step][s].query_len == 0) continue;
+        seqs.push_back(steps[step][s]);
+        step_tables.push_back(tables[s]);
+      }
+      const std::string at = what + ", step " + std::to_string(step) + " " + describe(seqs);
+      const HostBatch b = make_batch(seqs, step_tables, bs);
+      const int64_t t = b.num_tokens;
+      const auto qkv = random_values(t * layout.width(), seed + 10 + static_cast<uint32_t>(step), 0.0f, 1.5f);
+
+      Tensor qkv_cpu = on(*cpu_, qkv, {t, layout.width()});
+      const AttentionMetadata meta_cpu = meta_on(*cpu_, b);
+      cpu_->rope_store_kv(qkv_cpu, layout, meta_cpu, rope_cpu, cache_cpu);
+      Tensor ref = cpu_->allocate({t, layout.q_size()}, DType::f32);
+      cpu_->attention(qkv_cpu, layout, cache_cpu, meta_cpu, scale, ref);
+
+      Tensor qkv_gpu = on(*gpu_, qkv, {t, layout.width()});
+      const AttentionMetadata meta_gpu = meta_on(*gpu_, b);
+      gpu_->rope_store_kv(qkv_gpu, layout, meta_gpu, rope_gpu, cache_gpu);
+      Tensor out = poisoned_gpu({t + 1, layout.q_size()});
+      gpu_->attention(qkv_gpu, layout, cache_gpu, meta_gpu, scale, out.rows(0, t));
+
+      expect_close(read(*gpu_, qkv_gpu), read(*cpu_, qkv_cpu), at + ", rotated qkv");
+      expect_close(read(*gpu_, out.rows(0, t)), read(*cpu_, ref), at + ", attention");
+      expect_untouched(read(*gpu_, out.rows(t, t + 1)), at);
+    }
+    seed += 100;
+  }
+}
+
+}  // namespace
+}  // namespace troupe
