@@ -13,8 +13,9 @@ const std::vector<double> kTtftBounds = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0
                                          1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
 const std::vector<double> kItlBounds = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,  0.3,  0.4, 0.5,
                                         0.75, 1.0,   2.5,  5.0,   7.5,  10.0, 20.0, 40.0, 80.0};
-const std::vector<double> kRequestLatencyBounds = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,  15.0, 20.0,
-                                                   30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+const std::vector<double> kRequestLatencyBounds = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                                   5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
+                                                   60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 // vLLM bounds request lengths by 1-2-5 steps up to max_model_len; without the model's context here,
 // the steps go to a million tokens, past every context length we serve.
 const std::vector<double> kRequestTokenBounds = {1,    2,    5,     10,    20,    50,     100,    200,    500,   1000,
@@ -121,8 +122,9 @@ MetricsState::MetricsState(std::string model_name)
       decode_(registry_.histogram("troupe:request_decode_time_seconds",
                                   "Time from the first to the last output token, in seconds.", {"model_name"},
                                   kRequestLatencyBounds)),
-      request_prompt_tokens_(registry_.histogram("troupe:request_prompt_tokens", "Prompt length of a request, in tokens.",
-                                                 {"model_name"}, kRequestTokenBounds)),
+      request_prompt_tokens_(registry_.histogram("troupe:request_prompt_tokens",
+                                                 "Prompt length of a request, in tokens.", {"model_name"},
+                                                 kRequestTokenBounds)),
       request_generation_tokens_(registry_.histogram("troupe:request_generation_tokens",
                                                      "Tokens generated for a request.", {"model_name"},
                                                      kRequestTokenBounds)),

@@ -104,9 +104,14 @@ void render_series<Histogram>(std::string& out, const FamilyBase& family, const 
 std::string format_metric_value(double value) {
   if (std::isnan(value)) return "NaN";
   if (std::isinf(value)) return value > 0 ? "+Inf" : "-Inf";
-  char buffer[32];
-  // Shortest form that reads back as the same double: 0.1 stays "0.1", 3.0 becomes "3".
-  const auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value);
+  char buffer[64];
+  // The shortest digits that read back as the same double (0.1 stays "0.1", 3.0 becomes "3"), in
+  // plain decimals over the range bucket bounds and counts live in: the shortest form overall would
+  // write 0.0005 as "5e-04" and a million as "1e+06", which nobody wants to read in an `le` label.
+  const double magnitude = std::fabs(value);
+  const bool plain = value == 0.0 || (magnitude >= 1e-5 && magnitude < 1e16);
+  const auto [end, ec] = plain ? std::to_chars(buffer, buffer + sizeof buffer, value, std::chars_format::fixed)
+                               : std::to_chars(buffer, buffer + sizeof buffer, value);
   return std::string(buffer, end);
 }
 
@@ -123,7 +128,8 @@ std::string escape_label_value(const std::string& value) {
 }
 
 void Counter::inc(double by) {
-  if (!(by >= 0.0)) throw std::invalid_argument("counter increment must be non-negative, got " + format_metric_value(by));
+  if (!(by >= 0.0))
+    throw std::invalid_argument("counter increment must be non-negative, got " + format_metric_value(by));
   value_ += by;
 }
 
