@@ -16,6 +16,7 @@ constexpr Command commands[] = {
     {"make-model", troupe::make_model_command, "write a Hugging Face model directory from a preset"},
     {"generate", troupe::generate_command, "run a prompt through a model and print the continuation"},
     {"tokenize", troupe::tokenize_command, "text to token ids (or back with --decode), as the server sees them"},
+    {"serve", troupe::serve_command, "the OpenAI-compatible HTTP/WebSocket server (vLLM's flags)"},
 };
 
 void usage(std::FILE* out) {
