@@ -1,5 +1,7 @@
 #include "actors/expert_shard.hpp"
 
+#include "actors/metrics.hpp"
+
 namespace troupe {
 namespace {
 
@@ -17,6 +19,12 @@ caf::behavior expert_shard(caf::stateful_actor<ExpertShardState>* self, ExpertSh
         for (int e = l.shard.expert_begin; e < l.shard.expert_end && e < static_cast<int>(counts.size()); ++e)
           l.tokens[e - l.shard.expert_begin] += counts[e];
         ++l.reports;
+        if (l.shard.metrics) {
+          ExpertMetrics m{l.shard.pp_rank, l.shard.expert_begin, {}};
+          for (int e = l.shard.expert_begin; e < l.shard.expert_end && e < static_cast<int>(counts.size()); ++e)
+            m.tokens.push_back(counts[e]);
+          self->send(l.shard.metrics, atoms::observe::value, std::move(m));
+        }
       },
       [=](atoms::snapshot) { return self->state.load; },
   };

@@ -15,6 +15,7 @@ struct ExpertShardSpec {
   int ep_rank = 0;
   int expert_begin = 0;
   int expert_end = 0;
+  caf::actor metrics;  // hears the per-step counts of this shard's experts (may be unset)
 };
 
 struct ExpertLoad {

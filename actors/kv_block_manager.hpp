@@ -18,7 +18,9 @@ struct AdmissionRequest {
 // Protocol: (admit, AdmissionRequest) -> AdmissionResult; (free, std::vector<SeqId>);
 // (commit, std::vector<BlockCommit>); (stats) -> BlockManagerStats; (reset) -> bool (prefix cache
 // cleared); (snapshot) -> bool idle.
-caf::actor spawn_kv_block_manager(caf::actor_system& system, int num_blocks, int block_size, bool prefix_caching);
+// `metrics` (may be unset) hears the block statistics after every admission.
+caf::actor spawn_kv_block_manager(caf::actor_system& system, int dp_rank, int num_blocks, int block_size, bool prefix_caching,
+                                  caf::actor metrics);
 
 }  // namespace troupe
 

@@ -1,5 +1,7 @@
 #include "actors/pipeline_stage.hpp"
 
+#include "actors/metrics.hpp"
+
 namespace troupe {
 namespace {
 
@@ -23,9 +25,14 @@ caf::behavior pipeline_stage(caf::stateful_actor<StageState>* self, StageSpec sp
       [=](atoms::run, const PlanPtr& plan) {
         StageState& st = self->state;
         auto pending = std::make_shared<Pending>();
-        const auto start = st.spec.trace ? st.spec.trace->now() : TraceRecorder::Clock::time_point{};
+        const auto start = TraceRecorder::Clock::now();
         auto finish = [=] {
           StageState& st = self->state;
+          if (st.spec.metrics) {
+            const double seconds = std::chrono::duration<double>(TraceRecorder::Clock::now() - start).count();
+            self->send(st.spec.metrics, atoms::observe::value, StageMetrics{st.spec.dp_rank, st.spec.pp_rank, seconds});
+            self->send(st.spec.metrics, atoms::observe::value, MailboxDepth{ActorFamily::pipeline_stage, self->mailbox().size()});
+          }
           if (st.spec.trace)
             st.spec.trace->span(st.track, "micro-batch " + std::to_string(plan->micro_batch), start, st.spec.trace->now(),
                                 {{"micro_batch", static_cast<int64_t>(plan->micro_batch)},

@@ -19,6 +19,7 @@ struct StageSpec {
   caf::actor next;                  // the next stage; unset on the last stage
   caf::actor scheduler;             // receives (done, PlanPtr, StepResult)
   TraceRecorder* trace = nullptr;
+  caf::actor metrics;
 };
 
 // Protocol: (run, PlanPtr) from the scheduler or the previous stage.

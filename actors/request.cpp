@@ -2,6 +2,7 @@
 
 #include <optional>
 
+#include "actors/metrics.hpp"
 #include "engine/incremental_detokenizer.hpp"
 #include "engine/stop_checker.hpp"
 
@@ -43,6 +44,7 @@ struct RequestState {
   bool scheduled = false;
   bool done = false;
   TraceRecorder::Clock::time_point arrival;
+  RequestMetrics timing;
   // Text requests.
   std::optional<IncrementalDetokenizer> detok;
   std::optional<StopChecker> stops;
@@ -52,9 +54,28 @@ struct RequestState {
 
 using Self = caf::stateful_actor<RequestState>;
 
-void finish(Self* self, int prompt_tokens, int output_tokens, bool aborted) {
+// Token arrival times for TTFT and inter-token latency, as the request sees them.
+void note_tokens(RequestState& st, const SequenceUpdate& u) {
+  if (u.first_scheduled) st.timing.scheduled = u.scheduled_time;
+  if (u.tokens.empty()) return;
+  const auto now = MetricsClock::now();
+  if (st.timing.last_token) st.timing.inter_token_seconds.push_back(std::chrono::duration<float>(now - *st.timing.last_token).count());
+  if (!st.timing.first_token) st.timing.first_token = now;
+  st.timing.last_token = now;
+}
+
+void finish(Self* self, int prompt_tokens, int output_tokens, bool aborted, FinishedReason reason) {
   RequestState& st = self->state;
   st.done = true;
+  if (st.spec.metrics) {
+    st.timing.arrival = st.arrival;
+    st.timing.finished = MetricsClock::now();
+    st.timing.prompt_tokens = prompt_tokens;
+    st.timing.generation_tokens = output_tokens;
+    st.timing.reason = reason;
+    self->send(st.spec.metrics, atoms::observe::value, std::move(st.timing));
+    self->send(st.spec.metrics, atoms::observe::value, MailboxDepth{ActorFamily::request, self->mailbox().size()});
+  }
   self->send(st.spec.router, atoms::finished::value, st.spec.id);
   if (!st.scheduled && st.spec.on_scheduled) st.spec.on_scheduled(st.spec.id);
   if (st.spec.trace)
@@ -97,7 +118,12 @@ void relay_text(Self* self, SequenceUpdate& u) {
   }
   if (e.text.empty() && e.token_ids.empty() && !e.final) return;
   st.spec.text_listener(e);
-  if (e.final) finish(self, e.prompt_tokens, e.completion_tokens, e.finish_reason == "abort");
+  if (e.final)
+    finish(self, e.prompt_tokens, e.completion_tokens, e.finish_reason == "abort",
+           e.finish_reason == "error"   ? FinishedReason::error
+           : e.finish_reason == "abort" ? FinishedReason::abort
+           : e.finish_reason == "stop"  ? FinishedReason::stop
+                                        : FinishedReason::length);
 }
 
 void relay_tokens(Self* self, SequenceUpdate& u) {
@@ -113,7 +139,7 @@ void relay_tokens(Self* self, SequenceUpdate& u) {
   e.cached_tokens = u.num_cached_tokens;
   if (e.tokens.empty() && !e.final()) return;
   st.spec.listener(e);
-  if (e.final()) finish(self, e.prompt_tokens, e.output_tokens, e.aborted);
+  if (e.final()) finish(self, e.prompt_tokens, e.output_tokens, e.aborted, finished_reason(e.finish, e.aborted, !e.error.empty()));
 }
 
 caf::behavior request(Self* self, RequestSpec spec) {
@@ -149,6 +175,7 @@ caf::behavior request(Self* self, RequestSpec spec) {
       [=](atoms::update, SequenceUpdate& u) {
         RequestState& st = self->state;
         if (st.done) return;
+        note_tokens(st, u);
         if (u.first_scheduled && !st.scheduled) {
           st.scheduled = true;
           if (st.spec.on_scheduled) st.spec.on_scheduled(st.spec.id);

@@ -32,6 +32,7 @@ struct RequestSpec {
   int max_model_len = 0;
 
   caf::actor router;
+  caf::actor metrics;  // hears the request's life once it ends (may be unset)
   TraceRecorder* trace = nullptr;
   std::function<void(SeqId)> on_scheduled;  // first scheduled (leaves the queue)
   std::function<void(SeqId)> on_exit;       // the runtime forgets the request

@@ -9,6 +9,7 @@
 #include "actors/embedding.hpp"
 #include "actors/expert_shard.hpp"
 #include "actors/kv_block_manager.hpp"
+#include "actors/metrics.hpp"
 #include "actors/pipeline_stage.hpp"
 #include "actors/request.hpp"
 #include "actors/router.hpp"
@@ -68,7 +69,7 @@ struct Runtime::Impl {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> system;
   std::vector<caf::actor> workers, stages, schedulers, kv_managers, expert_shards;
-  caf::actor router, coordinator, embedder;
+  caf::actor router, coordinator, embedder, metrics;
 
   std::mutex mutex;
   std::condition_variable idle_cv;
@@ -81,6 +82,7 @@ struct Runtime::Impl {
     RequestSpec spec;
     spec.id = id;
     spec.router = router;
+    spec.metrics = metrics;
     spec.trace = trace.get();
     spec.vocab_size = config.vocab_size;
     spec.max_model_len = max_model_len;
@@ -113,6 +115,9 @@ void Runtime::Impl::build() {
 
   system = std::make_unique<caf::actor_system>(configure(cfg, options.actor_threads));
   if (!options.trace_file.empty()) trace = std::make_unique<TraceRecorder>();
+  std::string model_name = options.model_name;
+  if (model_name.empty()) model_name = (std::filesystem::absolute(options.model_dir) / "").parent_path().filename().string();
+  metrics = spawn_metrics(*system, model_name);
 
   // Communicator groups: tensor-parallel groups, each stage's MoE group across data-parallel ranks,
   // and neighbouring stages' pairs.
@@ -156,7 +161,7 @@ void Runtime::Impl::build() {
     for (int s = 0; s < pp; ++s)
       for (int r = 0; r < p.moe_group_size(); ++r) {
         auto [b, e] = expert_range(config.num_experts, p.moe_group_size(), r);
-        stage_shards[s].push_back(spawn_expert_shard(*system, {s, r, b, e}));
+        stage_shards[s].push_back(spawn_expert_shard(*system, {s, r, b, e, metrics}));
         expert_shards.push_back(stage_shards[s].back());
       }
   }
@@ -184,6 +189,7 @@ void Runtime::Impl::build() {
         spec.max_positions = wanted_len;
         spec.trace = trace.get();
         spec.expert_shards = stage_shards[s];
+        spec.metrics = metrics;
         workers.push_back(spawn_worker(*system, std::move(spec)));
       }
   std::vector<WorkerInfo> infos(world);
@@ -244,7 +250,8 @@ void Runtime::Impl::build() {
   sc.eos_token_ids = eos;
   std::vector<caf::actor> first_stages(dp);
   for (int d = 0; d < dp; ++d) {
-    kv_managers.push_back(spawn_kv_block_manager(*system, blocks[d], options.block_size, options.enable_prefix_caching));
+    kv_managers.push_back(
+        spawn_kv_block_manager(*system, d, blocks[d], options.block_size, options.enable_prefix_caching, metrics));
     SchedulerSpec spec;
     spec.dp_rank = d;
     spec.max_in_flight = pp;
@@ -252,6 +259,7 @@ void Runtime::Impl::build() {
     spec.kv_manager = kv_managers.back();
     spec.trace = trace.get();
     spec.on_failure = [this](const std::string&) { healthy = false; };
+    spec.metrics = metrics;
     schedulers.push_back(spawn_scheduler(*system, spec));
     caf::actor next;
     for (int s = pp - 1; s >= 0; --s) {
@@ -262,6 +270,7 @@ void Runtime::Impl::build() {
       st.next = next;
       st.scheduler = schedulers.back();
       st.trace = trace.get();
+      st.metrics = metrics;
       next = spawn_pipeline_stage(*system, std::move(st));
       stages.push_back(next);
     }
@@ -286,6 +295,7 @@ void Runtime::Impl::stop_all() {
   }
   if (router) self->send_exit(router, caf::exit_reason::user_shutdown);
   if (embedder) self->send_exit(embedder, caf::exit_reason::user_shutdown);
+  if (metrics) self->send_exit(metrics, caf::exit_reason::user_shutdown);
   if (coordinator) self->send_exit(coordinator, caf::exit_reason::user_shutdown);
   stop(schedulers);
   stop(stages);
@@ -362,6 +372,14 @@ void Runtime::enable_embeddings(std::shared_ptr<const TextPipeline> text, const 
 void Runtime::embed(EmbedRequest request, EmbedListener listener) {
   if (!impl_->embedder) throw std::logic_error("Runtime::embed before enable_embeddings");
   caf::anon_send(impl_->embedder, atoms::submit::value, EmbedJob{std::move(request), std::move(listener)});
+}
+
+std::string Runtime::metrics_text() {
+  caf::scoped_actor self{*impl_->system};
+  std::string page;
+  self->request(impl_->metrics, caf::infinite, atoms::snapshot::value)
+      .receive([&](std::string& text) { page = std::move(text); }, [](caf::error&) {});
+  return page;
 }
 
 int Runtime::queued() const { return impl_->queued.load(); }

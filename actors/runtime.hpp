@@ -21,6 +21,7 @@ class TextPipeline;
 
 struct RuntimeOptions {
   std::filesystem::path model_dir;
+  std::string model_name;  // the model_name label of the metrics; default: the directory's name
   ParallelConfig parallel;
   std::string device = "cpu";
   int block_size = 16;
@@ -109,6 +110,8 @@ class Runtime {
   void reset_prefix_cache();
   // Waits until no request is in flight (for tests and batch runs), at most `seconds`.
   bool wait_idle(double seconds);
+  // The Prometheus page of the metrics actor.
+  std::string metrics_text();
   // Requests accepted but not yet scheduled for the first time.
   int queued() const;
   // False once a worker failed: requests then end with an error.

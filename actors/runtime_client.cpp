@@ -41,7 +41,7 @@ class RuntimeClient final : public EngineClient {
     return text_->tokenizer().decode(ids, false);
   }
 
-  std::string metrics_text() override { return {}; }
+  std::string metrics_text() override { return runtime_.metrics_text(); }
   bool healthy() override { return runtime_.healthy(); }
 
  private:
@@ -54,8 +54,9 @@ class RuntimeClient final : public EngineClient {
 }  // namespace
 
 std::unique_ptr<EngineClient> make_runtime_client(RuntimeOptions runtime, ServingOptions serving) {
-  if (serving.served_model_name.empty()) serving.served_model_name = runtime.model_dir.filename().string();
-  if (serving.served_model_name.empty()) serving.served_model_name = runtime.model_dir.parent_path().filename().string();
+  if (serving.served_model_name.empty())
+    serving.served_model_name = (std::filesystem::absolute(runtime.model_dir) / "").parent_path().filename().string();
+  if (runtime.model_name.empty()) runtime.model_name = serving.served_model_name;
   return std::make_unique<RuntimeClient>(std::move(runtime), std::move(serving));
 }
 

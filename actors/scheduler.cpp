@@ -3,6 +3,7 @@
 #include <unordered_map>
 
 #include "actors/kv_block_manager.hpp"
+#include "actors/metrics.hpp"
 
 namespace troupe {
 namespace {
@@ -108,6 +109,20 @@ caf::behavior scheduler(Self* self, SchedulerSpec spec) {
         if (!result.error.empty()) {
           for (SequenceUpdate& u : updates) u.error = result.error;
           if (st.spec.on_failure) st.spec.on_failure(result.error);
+        }
+        if (st.spec.metrics) {
+          SchedulerMetrics m;
+          m.dp = st.spec.dp_rank;
+          m.running = st.scheduler->num_running();
+          m.waiting = st.scheduler->num_waiting();
+          m.preemptions = st.scheduler->num_preemptions();
+          for (int32_t c : plan->chunk) m.scheduled_tokens += c;
+          for (const SequenceUpdate& u : updates) {
+            m.generation_tokens += static_cast<int>(u.tokens.size());
+            if (!u.tokens.empty() && u.num_output_tokens == static_cast<int>(u.tokens.size())) m.prompt_tokens += u.num_prompt_tokens;
+          }
+          self->send(st.spec.metrics, atoms::observe::value, m);
+          self->send(st.spec.metrics, atoms::observe::value, MailboxDepth{ActorFamily::scheduler, self->mailbox().size()});
         }
         deliver(self, updates);
         if (st.coordinator) self->send(st.coordinator, atoms::done::value, st.spec.dp_rank, plan->step);

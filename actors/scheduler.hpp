@@ -19,6 +19,7 @@ struct SchedulerSpec {
   caf::actor kv_manager;
   TraceRecorder* trace = nullptr;
   std::function<void(const std::string&)> on_failure;  // a step failed: the runtime is unhealthy
+  caf::actor metrics;
 };
 
 struct SubmitRequest {

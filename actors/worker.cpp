@@ -1,5 +1,8 @@
 #include "actors/worker.hpp"
 
+#include "actors/metrics.hpp"
+#include "engine/timed_communicator.hpp"
+
 #include <sstream>
 
 #include "config/model_config.hpp"
@@ -14,6 +17,8 @@ namespace {
 
 struct WorkerState {
   WorkerSpec spec;
+  CollectiveTimes times;
+  std::vector<std::unique_ptr<TimedCommunicator>> timed;  // what the model talks through
   std::unique_ptr<ModelRunner> runner;
   std::string track;
   bool failed = false;
@@ -61,7 +66,13 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           ModelConfig config = load_model_config(sp.model_dir);
           WeightFiles files = WeightFiles::open(sp.model_dir);
           auto backend = make_backend(sp.device, sp.device_index);
-          auto model = std::make_unique<Model>(config, files, *backend, sp.max_positions, LoadProgress{}, sp.shard, sp.comms);
+          ShardComms comms = sp.comms;
+          for (Communicator** c : {&comms.tp, &comms.moe, &comms.prev, &comms.next}) {
+            if (!*c) continue;
+            self->state.timed.push_back(std::make_unique<TimedCommunicator>(**c, self->state.times));
+            *c = self->state.timed.back().get();
+          }
+          auto model = std::make_unique<Model>(config, files, *backend, sp.max_positions, LoadProgress{}, sp.shard, comms);
           WorkerInfo info{sp.rank, model->weight_bytes(), 0, describe(*model, sp)};
           self->state.runner = std::make_unique<ModelRunner>(std::move(backend), std::move(model));
           info.kv_bytes_per_block = self->state.runner->kv_bytes_per_block(1);
@@ -95,7 +106,8 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           };
         }
         std::vector<int64_t> routed;
-        if (!st.spec.expert_shards.empty()) {
+        // Tensor-parallel ranks route the same tokens: one of them reports.
+        if (!st.spec.expert_shards.empty() && st.spec.shard.tp_rank == 0) {
           routed.assign(st.runner->model().config().num_experts, 0);
           hooks.routing = [&](int, std::span<const int32_t> ids) {
             for (int32_t e : ids) ++routed[e];
@@ -106,6 +118,16 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           StepResult r = st.runner->run(*plan, hooks);
           if (!routed.empty())
             for (const caf::actor& shard : st.spec.expert_shards) self->send(shard, atoms::routing::value, routed);
+          if (st.spec.metrics) {
+            CollectiveMetrics cm;
+            for (size_t k = 0; k < kNumCollectiveKinds; ++k) {
+              cm.seconds[k] = st.times.seconds[k];
+              cm.calls[k] = st.times.calls[k];
+            }
+            st.times = {};
+            self->send(st.spec.metrics, atoms::observe::value, cm);
+            self->send(st.spec.metrics, atoms::observe::value, MailboxDepth{ActorFamily::worker, self->mailbox().size()});
+          }
           if (trace)
             trace->span(st.track, "forward", start, trace->now(),
                         {{"micro_batch", static_cast<int64_t>(plan->micro_batch)},

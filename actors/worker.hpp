@@ -25,6 +25,7 @@ struct WorkerSpec {
   int max_positions = 0;
   TraceRecorder* trace = nullptr;  // may be null
   std::vector<caf::actor> expert_shards;  // of this stage; each step's routing counts go to all of them
+  caf::actor metrics;
 };
 
 // Reply to atoms::load: what the runtime needs to size the KV cache.

@@ -102,7 +102,10 @@ std::optional<StepPlan> Scheduler::plan(const AdmissionResult& admission, bool a
       s.running = true;
       erase_id(waiting_, s.id);
       running_.push_back(s.id);
-      if (!s.scheduled_once) s.num_cached = a.num_cached;
+      if (!s.scheduled_once) {
+        s.num_cached = a.num_cached;
+        s.scheduled_time = std::chrono::steady_clock::now();
+      }
     }
     s.fresh = false;
     s.num_computed = a.num_computed;
@@ -152,6 +155,7 @@ std::vector<SequenceUpdate> Scheduler::complete(const StepPlan& plan, const Step
     u.num_prompt_tokens = s.prompt_len;
     u.num_cached_tokens = s.num_cached;
     u.first_scheduled = !s.scheduled_once;
+    u.scheduled_time = s.scheduled_time;
     s.scheduled_once = true;
     bool gone = false;
     if (s.aborted) {

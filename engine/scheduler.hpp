@@ -37,6 +37,7 @@ struct SequenceUpdate {
   int num_output_tokens = 0;
   int num_cached_tokens = 0;  // prompt tokens served by the prefix cache at first schedule
   bool first_scheduled = false;  // this step was the sequence's first
+  std::chrono::steady_clock::time_point scheduled_time;  // when it first left the waiting queue
   std::vector<float> embedding;   // an embedding sequence's result (it is then finished)
 };
 
@@ -89,6 +90,7 @@ class Scheduler {
     bool fresh = true;      // holds no blocks
     bool announced = false;  // the last stage has its sampler
     bool scheduled_once = false;
+    std::chrono::steady_clock::time_point scheduled_time;
     Pooling pooling = Pooling::none;  // an embedding: prefill only, no sampling
   };
 

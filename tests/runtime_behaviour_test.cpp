@@ -115,6 +115,7 @@ TEST(RuntimeBehaviour, AbortFreesBlocksAndOthersFinish) {
   ASSERT_TRUE(runtime.wait_idle(60));
   EXPECT_EQ(finished.load() + aborted.load(), 8);
   EXPECT_GE(finished.load(), 4);
+  EXPECT_GE(aborted.load(), 1) << "no abort landed before its request finished: the test did not test aborts";
   EXPECT_TRUE(runtime.stats().all_idle());
 }
 
@@ -180,6 +181,42 @@ TEST(RuntimeBehaviour, TraceOfDp2EpShowsDispatchAndCombineOnBothRanks) {
     EXPECT_GT(count[std::string(worker) + " moe_dispatch"], 0) << worker;
     EXPECT_GT(count[std::string(worker) + " moe_combine"], 0) << worker;
   }
+}
+
+}  // namespace
+}  // namespace troupe
+
+namespace troupe {
+namespace {
+
+double sample(const std::string& page, const std::string& series) {
+  const size_t at = page.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(page.substr(at + series.size() + 2));
+}
+
+TEST(RuntimeMetrics, CountRequestsTokensLatenciesAndCollectives) {
+  RuntimeOptions o = test::tiny_options("tiny-qwen3-moe", 2, 1, 1, true);
+  Runtime runtime(o);
+  const auto jobs = test::mixed_jobs(8, 512, 17);
+  test::run_jobs(runtime, jobs);
+  int prompt = 0, generated = 0;
+  for (const auto& j : jobs) {
+    prompt += static_cast<int>(j.prompt.size());
+    generated += *j.params.max_tokens;
+  }
+  const std::string page = runtime.metrics_text();
+  const std::string m = "model_name=\"tiny-qwen3-moe\"";
+  EXPECT_EQ(sample(page, "troupe:prompt_tokens_total{" + m + ",dp=\"0\"}"), prompt) << page;
+  EXPECT_EQ(sample(page, "troupe:generation_tokens_total{" + m + ",dp=\"0\"}"), generated);
+  EXPECT_EQ(sample(page, "troupe:request_success_total{" + m + ",finished_reason=\"length\"}"), 8);
+  EXPECT_EQ(sample(page, "troupe:time_to_first_token_seconds_count{" + m + "}"), 8);
+  EXPECT_EQ(sample(page, "troupe:e2e_request_latency_seconds_count{" + m + "}"), 8);
+  EXPECT_GT(sample(page, "troupe:collective_seconds_count{" + m + ",kind=\"all_reduce\"}"), 0);
+  EXPECT_GT(sample(page, "troupe:pipeline_stage_step_seconds_count{" + m + ",dp=\"0\",stage=\"0\"}"), 0);
+  EXPECT_NE(page.find("troupe:expert_tokens_total{"), std::string::npos);
+  // Every request finished: the gauge is back to its idle value.
+  EXPECT_EQ(sample(page, "troupe:kv_cache_usage_perc{" + m + ",dp=\"0\"}"), 0);
 }
 
 }  // namespace

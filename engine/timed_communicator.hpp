@@ -1,0 +1,67 @@
+// A Communicator that times each collective it forwards, by kind, so a worker can report how much
+// of a step went to communication. On the CPU a collective's wall time is its cost; a GPU
+// communicator's calls only enqueue work, so it is timed with events instead (kernels/).
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+
+#include "engine/communicator.hpp"
+
+namespace troupe {
+
+enum class Collective : uint8_t { all_reduce, all_gather, reduce_scatter, all_to_all, send_recv };
+
+struct CollectiveTimes {
+  std::array<double, 5> seconds{};
+  std::array<uint32_t, 5> calls{};
+  void add(Collective kind, double s) {
+    seconds[static_cast<size_t>(kind)] += s;
+    ++calls[static_cast<size_t>(kind)];
+  }
+};
+
+class TimedCommunicator final : public Communicator {
+ public:
+  // `inner` must outlive this object; times accumulate into `times`.
+  TimedCommunicator(Communicator& inner, CollectiveTimes& times) : inner_(inner), times_(times) {}
+
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  void all_reduce(const Tensor& t) override {
+    timed(Collective::all_reduce, [&] { inner_.all_reduce(t); });
+  }
+  void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
+    timed(Collective::all_gather, [&] { inner_.all_gather(in, out, rows); });
+  }
+  void reduce_scatter(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
+    timed(Collective::reduce_scatter, [&] { inner_.reduce_scatter(in, out, rows); });
+  }
+  void all_to_all(const Tensor& in, std::span<const int64_t> send_rows, const Tensor& out,
+                  std::span<const int64_t> recv_rows) override {
+    timed(Collective::all_to_all, [&] { inner_.all_to_all(in, send_rows, out, recv_rows); });
+  }
+  void all_gather_counts(std::span<const int64_t> mine, std::span<int64_t> all) override {
+    inner_.all_gather_counts(mine, all);  // bookkeeping of the variable-size collectives, not data
+  }
+  void send(const Tensor& t, int peer) override {
+    timed(Collective::send_recv, [&] { inner_.send(t, peer); });
+  }
+  void recv(const Tensor& t, int peer) override {
+    timed(Collective::send_recv, [&] { inner_.recv(t, peer); });
+  }
+
+ private:
+  template <class F>
+  void timed(Collective kind, F&& f) {
+    const auto start = std::chrono::steady_clock::now();
+    f();
+    times_.add(kind, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+
+  Communicator& inner_;
+  CollectiveTimes& times_;
+};
+
+}  // namespace troupe
