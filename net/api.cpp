@@ -106,7 +106,8 @@ ApiResult Api::route(const HttpRequest& request, std::string_view path, const Po
     }
     if (path == "/metrics") {
       expect("GET");
-      return reply({200, "text/plain; version=0.0.4; charset=utf-8", engine_.metrics_text(), {}});
+      std::string text = engine_.metrics_text();
+      return reply({200, "text/plain; version=0.0.4; charset=utf-8", std::move(text), {}});
     }
     if (path == "/") return expect("GET"), reply({200, "text/html; charset=utf-8", std::string(chat_page_html()), {}});
     if (path == "/v1/ws") {
@@ -131,7 +132,10 @@ ApiResult Api::completions(std::string_view body, const Post& post) {
   Generation::Options options{Generation::Api::completion, request.stream, request.include_usage,
                               request.params.logprobs.has_value(), request.n,
                               ResponseMeta{make_id("cmpl-"), unix_now(), model_.id}};
-  return {{}, Generation::start(engine_, std::move(options), generate_requests(request), post)};
+  // Started before the result is built: GCC 12 destroys a partly built braced return value twice
+  // when an initializer throws (here, the engine refusing the request).
+  auto generation = Generation::start(engine_, std::move(options), generate_requests(request), post);
+  return {{}, std::move(generation)};
 }
 
 ApiResult Api::chat_completions(std::string_view body, const Post& post) {
@@ -139,7 +143,8 @@ ApiResult Api::chat_completions(std::string_view body, const Post& post) {
   check_model(request.model, model_.id);
   Generation::Options options{Generation::Api::chat, request.stream, request.include_usage, request.logprobs, request.n,
                               ResponseMeta{make_id("chatcmpl-"), unix_now(), model_.id}};
-  return {{}, Generation::start(engine_, std::move(options), generate_requests(request), post)};
+  auto generation = Generation::start(engine_, std::move(options), generate_requests(request), post);
+  return {{}, std::move(generation)};
 }
 
 ApiResult Api::embeddings(std::string_view body, const Post& post) {

@@ -77,7 +77,8 @@ class FakeEngine : public EngineClient {
   // ---- the fake "model" ----
   static std::string render_chat(const GenerateRequest& r) {
     std::string out;
-    for (const auto& m : boost::json::parse(*r.messages_json).as_array()) {
+    const boost::json::value messages = boost::json::parse(*r.messages_json);
+    for (const auto& m : messages.as_array()) {
       out += "<|" + std::string(m.at("role").as_string()) + "|>";
       if (m.at("content").is_string()) out += m.at("content").as_string();
     }
@@ -87,8 +88,8 @@ class FakeEngine : public EngineClient {
   static std::string source_text(const GenerateRequest& r) {
     if (r.prompt_text) return *r.prompt_text;
     if (r.messages_json) {
-      const auto& messages = boost::json::parse(*r.messages_json).as_array();
-      const auto& content = messages.back().at("content");
+      const boost::json::value messages = boost::json::parse(*r.messages_json);
+      const auto& content = messages.as_array().back().at("content");
       return content.is_string() ? std::string(content.as_string()) : "?";
     }
     std::string s;

@@ -72,7 +72,7 @@ TEST(OpenAIClient, WebSocketCloseAbortsEveryConversation) {
   net::Server server(engine, options);
   server.start();
   const std::string script = R"(
-    const ws = new WebSocket(process.argv[1]);
+    const ws = new WebSocket(process.argv[2]);
     ws.on("open", () => {
       for (const id of ["a", "b", "c"])
         ws.send(JSON.stringify({type: "chat", id, messages: [{role: "user", content: "x"}], max_tokens: 200}));

@@ -121,7 +121,7 @@ struct ServeProcess {
 
 TEST(ServeCli, ServesATinyModelAndStopsOnSigterm) {
   const fs::path dir = scratch_dir();
-  ServeProcess serve({"--model", tiny_model("tiny-qwen3").string(), "--port", "0", "--served-model-name", "tiny",
+  ServeProcess serve({"--model", tiny_model("tiny-qwen3-chat").string(), "--port", "0", "--served-model-name", "tiny",
                       "--http-threads", "2"},
                      dir / "serve.log");
   const int port = serve.wait_ready(120000);
