@@ -13,9 +13,13 @@
 #include <vector>
 
 #include "kernels/attention.cuh"
+#include "kernels/activation.cuh"
 #include "kernels/cuda_check.hpp"
+#include "kernels/device_scratch.hpp"
 #include "kernels/elementwise.cuh"
 #include "kernels/gemm.hpp"
+#include "kernels/moe_experts.cuh"
+#include "kernels/moe_routing.cuh"
 #include "kernels/qk_norm.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope_kv.cuh"
@@ -37,10 +41,6 @@ using bf16 = __nv_bfloat16;
 
 void require(bool ok, const char* op, const std::string& what) {
   if (!ok) throw std::invalid_argument(std::string("cuda backend, ") + op + ": " + what);
-}
-
-[[noreturn]] void not_implemented(const char* op) {
-  throw std::logic_error(std::string("cuda backend: ") + op + " is not implemented yet");
 }
 
 void require_cuda(const Tensor& t, const char* op) {
@@ -105,6 +105,9 @@ class CudaBackend final : public Backend {
 
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
+
+  int device_index() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
 
   Device device() const override { return Device::cuda; }
   DType compute_dtype() const override { return DType::bf16; }
@@ -233,7 +236,17 @@ class CudaBackend final : public Backend {
     gemm_->linear(bf16_in(x), bf16_in(w), bias ? bf16_in(*bias) : nullptr, bf16_out(out), tokens, n, k, stream_);
   }
 
-  void silu_mul(const Tensor&, const Tensor&) override { not_implemented("silu_mul"); }
+  void silu_mul(const Tensor& gate_up, const Tensor& out) override {
+    require_bf16(gate_up, "silu_mul");
+    require_bf16(out, "silu_mul");
+    require(gate_up.rank() >= 1 && gate_up.size(-1) % 2 == 0, "silu_mul",
+            "gate_up " + gate_up.describe() + " needs an even last dimension");
+    const int64_t width = gate_up.size(-1), inter = width / 2;
+    const int64_t rows = width == 0 ? 0 : gate_up.numel() / width;
+    require(out.numel() == rows * inter, "silu_mul", "shapes " + gate_up.describe() + ", " + out.describe());
+    bind();
+    cuda::silu_mul(bf16_in(gate_up), bf16_out(out), rows, inter, stream_);
+  }
 
   void add(const Tensor& x, const Tensor& inout) override {
     require_bf16(x, "add");
@@ -354,14 +367,114 @@ class CudaBackend final : public Backend {
     a.sm_count = attention_sm_count_;
     cuda::attention(a, stream_);
   }
-  void moe_route(const Tensor&, int, bool, const Tensor&, const Tensor&) override { not_implemented("moe_route"); }
-  void moe_experts(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int,
-                   const Tensor&) override {
-    not_implemented("moe_experts");
+  void moe_route(const Tensor& router_logits, int top_k, bool renormalize, const Tensor& topk_weights,
+                 const Tensor& topk_ids) override {
+    const char* op = "moe_route";
+    require(router_logits.device() == Device::cuda &&
+                (router_logits.dtype() == DType::bf16 || router_logits.dtype() == DType::f32),
+            op, "router logits must be bf16 or f32 on cuda, got " + router_logits.describe());
+    require(topk_weights.device() == Device::cuda && topk_weights.dtype() == DType::f32, op,
+            "weights must be f32 cuda, got " + topk_weights.describe());
+    require(topk_ids.device() == Device::cuda && topk_ids.dtype() == DType::i32, op,
+            "ids must be i32 cuda, got " + topk_ids.describe());
+    require(router_logits.rank() >= 1 && router_logits.size(-1) > 0, op, "logits " + router_logits.describe());
+    const int64_t experts = router_logits.size(-1), tokens = router_logits.numel() / experts;
+    require(top_k >= 1 && top_k <= experts && topk_ids.numel() == tokens * top_k &&
+                topk_weights.numel() == tokens * top_k,
+            op, "top_k " + std::to_string(top_k) + " with logits " + router_logits.describe() + ", weights " +
+                    topk_weights.describe() + ", ids " + topk_ids.describe());
+    bind();
+    if (router_logits.dtype() == DType::bf16) {
+      cuda::moe_route(bf16_in(router_logits), tokens, static_cast<int>(experts), top_k, renormalize,
+                      topk_weights.as<float>(), topk_ids.as<int32_t>(), stream_);
+    } else {
+      cuda::moe_route(router_logits.as<float>(), tokens, static_cast<int>(experts), top_k, renormalize,
+                      topk_weights.as<float>(), topk_ids.as<int32_t>(), stream_);
+    }
   }
-  void add_sigmoid_gated(const Tensor&, const Tensor&, const Tensor&) override { not_implemented("add_sigmoid_gated"); }
-  void scatter_add_rows(const Tensor&, const Tensor&, const Tensor&) override { not_implemented("scatter_add_rows"); }
-  void unstack_columns(const Tensor&, const Tensor&) override { not_implemented("unstack_columns"); }
+
+  // No host synchronisation (see kernels/moe_experts.cuh); the scratch is sized from the shapes alone
+  // and kept, so only a new largest token count allocates.
+  void moe_experts(const Tensor& x, const Tensor& topk_weights, const Tensor& topk_ids, const Tensor& gate_up,
+                   const Tensor& down, int expert_begin, const Tensor& out) override {
+    const char* op = "moe_experts";
+    require_bf16(x, op);
+    require_bf16(gate_up, op);
+    require_bf16(down, op);
+    require_bf16(out, op);
+    require(topk_weights.device() == Device::cuda && topk_weights.dtype() == DType::f32, op,
+            "weights must be f32 cuda, got " + topk_weights.describe());
+    require(topk_ids.device() == Device::cuda && topk_ids.dtype() == DType::i32, op,
+            "ids must be i32 cuda, got " + topk_ids.describe());
+    require(gate_up.rank() == 3 && down.rank() == 3 && gate_up.size(1) % 2 == 0, op,
+            "gate_up " + gate_up.describe() + " and down " + down.describe() + " must be [E, 2I, H] and [E, H, I]");
+    const int64_t experts = gate_up.size(0), hidden = gate_up.size(2), inter = gate_up.size(1) / 2;
+    require(experts > 0 && hidden > 0 && inter > 0 && down.size(0) == experts && down.size(1) == hidden &&
+                down.size(2) == inter,
+            op, "gate_up " + gate_up.describe() + " and down " + down.describe() + " disagree");
+    const int64_t tokens = x.numel() / hidden;
+    require(x.numel() == tokens * hidden && out.numel() == x.numel(), op,
+            "x " + x.describe() + ", out " + out.describe() + " for hidden size " + std::to_string(hidden));
+    if (tokens == 0) return;
+    const int64_t top_k = topk_ids.numel() / tokens;
+    require(top_k >= 1 && topk_ids.numel() == tokens * top_k && topk_weights.numel() == tokens * top_k, op,
+            "ids " + topk_ids.describe() + ", weights " + topk_weights.describe() + " for " + std::to_string(tokens) +
+                " tokens");
+    cuda::MoeExpertsShape shape;
+    shape.tokens = tokens;
+    shape.top_k = static_cast<int>(top_k);
+    shape.experts = static_cast<int>(experts);
+    shape.expert_begin = expert_begin;
+    shape.hidden = hidden;
+    shape.inter = inter;
+    bind();
+    const std::size_t bytes = cuda::moe_experts_scratch_bytes(shape);
+    cuda::moe_experts(bf16_in(x), topk_weights.as<float>(), topk_ids.as<int32_t>(), bf16_in(gate_up), bf16_in(down),
+                      bf16_out(out), shape, moe_scratch_.get(bytes), bytes, stream_);
+  }
+
+  void add_sigmoid_gated(const Tensor& x, const Tensor& gate, const Tensor& inout) override {
+    const char* op = "add_sigmoid_gated";
+    require_bf16(x, op);
+    require_bf16(gate, op);
+    require_bf16(inout, op);
+    const int64_t rows = gate.numel();
+    if (rows == 0) return;
+    require(x.numel() % rows == 0 && inout.numel() == x.numel(), op,
+            "x " + x.describe() + ", gate " + gate.describe() + ", inout " + inout.describe());
+    bind();
+    cuda::add_sigmoid_gated(bf16_in(x), bf16_in(gate), bf16_out(inout), rows, x.numel() / rows, stream_);
+  }
+
+  // Deterministic, in ascending source order per output row (kernels/elementwise.cuh).
+  void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& out) override {
+    const char* op = "scatter_add_rows";
+    require_bf16(src, op);
+    require_bf16(out, op);
+    require(index.device() == Device::cuda && index.dtype() == DType::i32, op,
+            "index must be i32 cuda, got " + index.describe());
+    require(out.rank() >= 1, op, "out " + out.describe());
+    const int64_t rows = out.size(0), width = out.row_numel();
+    require(src.numel() == index.numel() * width, op,
+            "src " + src.describe() + ", index " + index.describe() + ", out " + out.describe());
+    if (index.numel() == 0 || rows == 0 || width == 0) return;
+    bind();
+    const std::size_t bytes = cuda::scatter_add_rows_scratch_bytes(index.numel(), rows);
+    cuda::scatter_add_rows(bf16_in(src), index.as<int32_t>(), index.numel(), bf16_out(out), rows, width,
+                           scatter_scratch_.get(bytes), bytes, stream_);
+  }
+
+  void unstack_columns(const Tensor& stacked, const Tensor& out) override {
+    const char* op = "unstack_columns";
+    require_cuda(stacked, op);
+    require_cuda(out, op);
+    require(stacked.dtype() == out.dtype() && stacked.rank() == 3 && out.rank() == 2 &&
+                stacked.size(1) == out.size(0) && out.size(1) <= stacked.size(0) * stacked.size(2),
+            op, "shapes " + stacked.describe() + ", " + out.describe());
+    bind();
+    cuda::unstack_columns(stacked.data(), stacked.size(0), stacked.size(1), stacked.size(2), out.data(), out.size(1),
+                          dtype_size(out.dtype()), stream_);
+  }
   void zero(const Tensor& t) override {
     TROUPE_CUDA_CHECK(cudaSetDevice(device_));
     TROUPE_CUDA_CHECK(cudaMemsetAsync(t.data(), 0, t.nbytes(), stream_));
@@ -375,6 +488,9 @@ class CudaBackend final : public Backend {
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
+  // MoE and scatter scratch: grown on demand, reused afterwards (freed after the destructor's sync).
+  cuda::DeviceScratch moe_scratch_;
+  cuda::DeviceScratch scatter_scratch_;
   // Attention: the decode path's split-context scratch, allocated at the first attention call.
   Tensor attention_workspace_;
   int attention_sm_count_ = 0;
@@ -387,6 +503,12 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+CudaStream cuda_stream_of(const Backend& backend) {
+  const auto* cuda = dynamic_cast<const CudaBackend*>(&backend);
+  if (!cuda) throw std::invalid_argument("cuda_stream_of: not a CUDA backend");
+  return CudaStream{cuda->device_index(), cuda->stream()};
+}
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   const int count = cuda_device_count();

@@ -183,7 +183,7 @@ std::vector<double> softmax_row(const float* logits, int64_t experts) {
 
 TEST_F(MoeGpuTest, MoeRouteMatchesCpu) {
   int64_t near_ties = 0;
-  for (int64_t experts : {int64_t{8}, int64_t{60}, int64_t{128}}) {
+  for (int64_t experts : {int64_t{8}, int64_t{60}, int64_t{128}, int64_t{256}}) {
     for (int top_k : {2, 4, 8}) {
       for (bool renormalize : {false, true}) {
         for (int64_t tokens : {int64_t{1}, int64_t{7}, int64_t{1000}}) {
@@ -374,6 +374,24 @@ TEST_F(MoeExpertsTest, EveryTopKAndAllSlotsRemote) {
   for (int32_t& id : remote.ids) id += 8;
   auto [gpu, cpu] = run(w, 20, 4, remote, 0, "all slots remote");
   for (float v : gpu) ASSERT_EQ(v, 0.0f);
+}
+
+TEST_F(MoeExpertsTest, ManyLocalExperts) {
+  // The plan kernel keeps per-warp counts for every local expert; 60 and 128 of them (Qwen2-MoE's and
+  // Qwen3-MoE's counts), all local or the upper half of 256.
+  struct Case {
+    int local, total, begin, top_k;
+  };
+  for (Case c : {Case{60, 60, 0, 4}, Case{128, 256, 128, 8}}) {
+    const ExpertWeights& w = expert_weights(c.local, 64, 32);
+    for (int64_t tokens : {int64_t{3}, int64_t{300}}) {
+      const std::string what = "moe_experts " + std::to_string(c.local) + " local experts, T " + std::to_string(tokens);
+      SCOPED_TRACE(what);
+      const Routing routing = random_routing(tokens, c.top_k, c.total, -1, static_cast<uint32_t>(c.local + tokens));
+      auto [gpu, cpu] = run(w, tokens, c.top_k, routing, c.begin, what);
+      expect_close(gpu, cpu, what);
+    }
+  }
 }
 
 TEST_F(MoeExpertsTest, ChunkedTokensMatchOneChunk) {

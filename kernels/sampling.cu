@@ -1,0 +1,549 @@
+// Sampling, one block of 1024 threads per row, in passes over the row:
+//
+//   P1  raw logits → mask, penalties (÷ temperature) into `work`; max of the raw logits; argmax
+//   P2  w = exp(x − max) into `work`; min_p's threshold (the smallest w ≥ min_p)
+//   top_k: radix select of the k-th largest surviving w (3 histogram passes over its bits)
+//   top_p: radix search of the largest v with Σ_{w ≥ v} w ≥ top_p · Σ w (3 passes, histograms of mass)
+//   draw: inverse CDF over survivors in id order (one pass for per-warp sums, one warp's walk)
+//   logprobs: log-sum-exp and rank over the raw logits; top-n by a radix select plus an ordered
+//   collection of ties
+//
+// Matching engine/sampler.hpp exactly is the point. Penalties and temperature use the same float
+// operations without contraction (__fmul_rn and friends, no FMA); w is exp computed in double and
+// rounded to float, which equals glibc's expf wherever that is correctly rounded (nearly always);
+// masses are sums of w in 64-bit fixed point (w · 2^s, s = 62 − bit_width(vocab), so no sum can
+// overflow). Integer sums do not depend on the order of addition: every pass, block and run gets
+// the same totals, and the result is deterministic. Against the CPU's double sums they differ by
+// at most vocab · 2^-(s+1) (about 4e-9 for 152k tokens), which can only matter when u · total (or
+// top_p · total) falls that close to a boundary between two tokens.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <stdexcept>
+
+#include "kernels/common.cuh"
+#include "kernels/sampling.cuh"
+
+namespace troupe::cuda {
+namespace {
+
+constexpr int threads = 1024;
+constexpr int warps = threads / warp_size;
+constexpr int radix_bins = 2048;  // the widest digit is 11 bits
+constexpr uint32_t prompt_bit = 0x80000000u;
+constexpr uint32_t no_bin = 0xffffffffu;
+
+using u64 = unsigned long long;
+
+struct Shared {
+  u64 hist[radix_bins];
+  u64 red_u64[warps];
+  double red_f64[warps];
+  float red_f32[warps];
+  int32_t red_i32[warps];
+  uint32_t digit;
+  u64 above;
+  int32_t token;
+  int32_t gt_count;
+  int32_t gt_ids[max_top_logprobs];
+  int32_t tie_count[warps];
+  int32_t tie_ids[warps][max_top_logprobs];
+};
+
+// ---- block-wide helpers: each returns the same value to every thread, combining the warps in a
+// fixed order (deterministic also for floating point), and leaves its shared slots free again.
+//
+// The block has exactly warp_size warps, so the second stage is one more warp-wide step that every
+// warp performs redundantly on the 32 partials (no broadcast slot, no loop). A loop over the
+// partials is what this file had first, and nvcc 13.0 miscompiled it: in the 8-way unrolled
+// remainder of `for (w = 1; w < 32; ++w)` the loads of partials 25-27 used the 16-way block's
+// offsets and read 41-43 instead (seen in the SASS, sm_90a, -O2; warps 25-27 dropped out of every
+// block argmax). Keep these free of loops over shared-memory arrays.
+static_assert(warps == warp_size, "the second reduction stage is one warp wide");
+
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+#pragma unroll
+  for (int offset = warp_size / 2; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+template <class T, class Op>
+__device__ T block_reduce(T v, Op op, T* partial) {
+  v = warp_reduce(v, op);
+  if (threadIdx.x % warp_size == 0) partial[threadIdx.x / warp_size] = v;
+  __syncthreads();
+  const T r = warp_reduce(partial[threadIdx.x % warp_size], op);
+  __syncthreads();
+  return r;
+}
+
+struct Sum {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct Max {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+struct Min {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return a < b ? a : b; }
+};
+
+// (value, index) with the larger value winning and the lower index breaking ties: argmax's rule.
+__device__ __forceinline__ bool better(float v, int32_t i, float best, int32_t best_i) {
+  return v > best || (v == best && i < best_i);
+}
+
+__device__ __forceinline__ void warp_argmax(float& best, int32_t& best_i) {
+#pragma unroll
+  for (int offset = warp_size / 2; offset > 0; offset /= 2) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int32_t i = __shfl_xor_sync(0xffffffffu, best_i, offset);
+    if (better(v, i, best, best_i)) {
+      best = v;
+      best_i = i;
+    }
+  }
+}
+
+__device__ void block_argmax(float& best, int32_t& best_i, Shared& sh) {
+  warp_argmax(best, best_i);
+  if (threadIdx.x % warp_size == 0) {
+    sh.red_f32[threadIdx.x / warp_size] = best;
+    sh.red_i32[threadIdx.x / warp_size] = best_i;
+  }
+  __syncthreads();
+  best = sh.red_f32[threadIdx.x % warp_size];
+  best_i = sh.red_i32[threadIdx.x % warp_size];
+  warp_argmax(best, best_i);
+  __syncthreads();
+}
+
+__device__ __forceinline__ u64 warp_inclusive_scan(u64 v, int lane) {
+#pragma unroll
+  for (int offset = 1; offset < warp_size; offset *= 2) {
+    const u64 x = __shfl_up_sync(0xffffffffu, v, offset);
+    if (lane >= offset) v += x;
+  }
+  return v;
+}
+
+// Inclusive prefix over threads in thread order; `total` gets the block's sum.
+__device__ u64 block_inclusive_scan(u64 v, u64& total, u64* partial) {
+  const int lane = threadIdx.x % warp_size, warp = threadIdx.x / warp_size;
+  v = warp_inclusive_scan(v, lane);
+  if (lane == warp_size - 1) partial[warp] = v;
+  __syncthreads();
+  const u64 warps_inclusive = warp_inclusive_scan(partial[lane], lane);
+  const u64 before = __shfl_sync(0xffffffffu, warps_inclusive, (warp + warp_size - 1) % warp_size);
+  total = __shfl_sync(0xffffffffu, warps_inclusive, warp_size - 1);
+  __syncthreads();
+  return (warp > 0 ? before : 0) + v;
+}
+
+// ---- radix search ------------------------------------------------------------------------------------
+//
+// Over the 32-bit keys of the elements with a positive contribution c(i): the largest key K such that
+// Σ_{key ≥ K} c ≥ need, where need = need_of(Σ c) (0: give up). Digits of 11, 11 and 10 bits from
+// the top; each pass histograms the contributions of the elements that share the digits found so
+// far. With c = 1 this is the need-th largest key (a radix select); with c = mass it is top_p's
+// boundary. `above` returns Σ c over keys > K.
+
+struct RadixResult {
+  bool found;
+  uint32_t key;
+  u64 above;
+};
+
+template <bool kUnitCount, class Contribution, class NeedOf>
+__device__ RadixResult radix_search(int32_t vocab, Contribution contribution, NeedOf need_of, Shared& sh) {
+  const int lane = threadIdx.x % warp_size;
+  uint32_t prefix = 0, prefix_mask = 0;
+  u64 above = 0, need = 0;
+#pragma unroll 1
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = pass == 0 ? 21 : (pass == 1 ? 10 : 0);
+    const uint32_t bins = pass == 2 ? 1024u : 2048u;
+    for (uint32_t b = threadIdx.x; b < bins; b += threads) sh.hist[b] = 0;
+    __syncthreads();
+    for (int32_t base = 0; base < vocab; base += threads) {  // uniform trip count: whole warps below
+      const int32_t i = base + static_cast<int32_t>(threadIdx.x);
+      uint32_t key = 0;
+      const u64 c = i < vocab ? contribution(i, key) : 0;
+      const uint32_t bin = (c > 0 && (key & prefix_mask) == prefix) ? (key >> shift) & (bins - 1) : no_bin;
+      if constexpr (kUnitCount) {
+        // Many lanes of a warp share a bin (weights cluster by exponent): one atomic per distinct bin.
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (bin != no_bin && lane == __ffs(peers) - 1) atomicAdd(&sh.hist[bin], static_cast<u64>(__popc(peers)));
+      } else {
+        if (bin != no_bin) atomicAdd(&sh.hist[bin], c);
+      }
+    }
+    __syncthreads();
+
+    // Thread t owns bins [t·per, (t + 1)·per); higher threads own higher bins.
+    const uint32_t per = bins / threads;
+    u64 local = 0;
+#pragma unroll 1
+    for (uint32_t j = 0; j < per; ++j) local += sh.hist[threadIdx.x * per + j];
+    u64 total;
+    const u64 inclusive = block_inclusive_scan(local, total, sh.red_u64);
+    if (pass == 0) {
+      need = need_of(total);
+      if (need == 0) return {false, 0, 0};
+    }
+    const u64 higher = above + (total - inclusive);  // Σ over bins above this thread's
+    if (higher < need && need <= higher + local) {
+      u64 acc = higher;
+      for (int j = static_cast<int>(per) - 1; j >= 0; --j) {
+        const uint32_t b = threadIdx.x * per + j;
+        if (acc + sh.hist[b] >= need) {
+          sh.digit = b;
+          sh.above = acc;
+          break;
+        }
+        acc += sh.hist[b];
+      }
+    }
+    __syncthreads();
+    prefix |= sh.digit << shift;
+    prefix_mask |= (bins - 1) << shift;
+    above = sh.above;
+    __syncthreads();
+  }
+  return {true, prefix, above};
+}
+
+// ---- per-row steps -------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float load_logit(const void* row, int32_t i, bool bf16_logits) {
+  return bf16_logits ? __bfloat162float(static_cast<const bf16*>(row)[i]) : static_cast<const float*>(row)[i];
+}
+
+__device__ bool is_banned(const int32_t* banned, int32_t count, int32_t id) {
+  int32_t lo = 0, hi = count;
+  while (lo < hi) {
+    const int32_t mid = lo + (hi - lo) / 2;
+    if (banned[mid] < id) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo < count && banned[lo] == id;
+}
+
+// Raw logits ordered as unsigned integers (negative floats flipped), −0 folded onto +0 so that the
+// two compare equal as floats do.
+__device__ __forceinline__ uint32_t sortable(float x) {
+  uint32_t bits = __float_as_uint(x);
+  if (bits == 0x80000000u) bits = 0;
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
+__device__ __forceinline__ u64 fixed(float w, double scale) { return __double2ull_rn(static_cast<double>(w) * scale); }
+
+// Inverse CDF over the survivors (w ≥ tau, w > 0) in id order with masses in fixed point: the first
+// survivor whose cumulative mass exceeds ⌊u · total⌋, or the last survivor when u · total rounds up
+// to the total (as sample_from returns its last token).
+__device__ int32_t draw(const float* w, int32_t vocab, float tau, double u, double scale, Shared& sh) {
+  const int lane = threadIdx.x % warp_size, warp = threadIdx.x / warp_size;
+  const int32_t segment = ((vocab + warps - 1) / warps + warp_size - 1) / warp_size * warp_size;
+  const int32_t seg_begin = warp * segment;
+  const int32_t seg_end = min(vocab, seg_begin + segment);
+  auto mass = [&](int32_t i) -> u64 {
+    if (i >= seg_end) return 0;
+    const float x = w[i];
+    return (x >= tau && x > 0.0f) ? fixed(x, scale) : 0;
+  };
+
+  u64 sum = 0;
+  int32_t last = -1;
+  for (int32_t i = seg_begin + lane; i < seg_end; i += warp_size) {
+    const float x = w[i];
+    if (x >= tau && x > 0.0f) {
+      sum += fixed(x, scale);
+      last = i;
+    }
+  }
+  sum = warp_reduce(sum, Sum{});
+  if (lane == 0) sh.red_u64[warp] = sum;
+  last = block_reduce(last, Max{}, sh.red_i32);  // its barriers also publish red_u64
+
+  // Every warp scans the 32 warp sums: the grand total, and the first warp whose running sum passes
+  // the target.
+  const u64 running = warp_inclusive_scan(sh.red_u64[lane], lane);
+  const u64 grand = __shfl_sync(0xffffffffu, running, warp_size - 1);
+  const double scaled = u * static_cast<double>(grand);
+  const u64 target = static_cast<u64>(floor(scaled));
+  if (!(scaled < static_cast<double>(grand)) || target >= grand) return last;
+  const int chosen = __ffs(__ballot_sync(0xffffffffu, running > target)) - 1;
+  const u64 through_chosen = __shfl_sync(0xffffffffu, running, chosen);
+  const u64 before = through_chosen - __shfl_sync(0xffffffffu, sh.red_u64[lane], chosen);
+  if (warp == chosen) {
+    u64 carry = before;
+    for (int32_t step = seg_begin; step < seg_end; step += warp_size) {
+      const int32_t i = step + lane;
+      const u64 m = mass(i);
+      const u64 inclusive = warp_inclusive_scan(m, lane);
+      const unsigned crossing = __ballot_sync(0xffffffffu, m > 0 && carry + inclusive > target);
+      if (crossing) {
+        if (lane == __ffs(crossing) - 1) sh.token = i;
+        break;
+      }
+      carry += __shfl_sync(0xffffffffu, inclusive, warp_size - 1);
+    }
+  }
+  __syncthreads();
+  const int32_t token = sh.token;
+  __syncthreads();
+  return token;
+}
+
+// log_softmax of the raw logits at `token`, its rank and the top n, into `out` (thread 0 writes).
+__device__ void logprobs(const void* raw, bool bf16_logits, int32_t vocab, float raw_max, int32_t token, int n,
+                         SampleRowResult* out, Shared& sh) {
+  const int lane = threadIdx.x % warp_size, warp = threadIdx.x / warp_size;
+  const float chosen = load_logit(raw, token, bf16_logits);
+  double sum = 0.0;
+  int32_t larger = 0;
+  for (int32_t i = threadIdx.x; i < vocab; i += threads) {
+    const float x = load_logit(raw, i, bf16_logits);
+    sum += static_cast<double>(expf(x - raw_max));
+    larger += x > chosen;
+  }
+  sum = block_reduce(sum, Sum{}, sh.red_f64);
+  larger = block_reduce(larger, Sum{}, sh.red_i32);
+  const double log_z = static_cast<double>(raw_max) + log(sum);
+
+  n = min(n, static_cast<int>(vocab));
+  int32_t gt = 0;
+  uint32_t kth = 0;
+  if (n > 0) {
+    const RadixResult r = radix_search<true>(
+        vocab,
+        [&](int32_t i, uint32_t& key) -> u64 {
+          key = sortable(load_logit(raw, i, bf16_logits));
+          return 1;
+        },
+        [&](u64) -> u64 { return static_cast<u64>(n); }, sh);
+    kth = r.key;
+    gt = static_cast<int32_t>(r.above);  // < n keys are larger than the n-th largest
+    if (threadIdx.x == 0) sh.gt_count = 0;
+    __syncthreads();
+    // Keys above the n-th: any order (sorted below). Keys equal to it: the lowest ids, so each warp
+    // collects the first ties of its contiguous segment in id order, and segments are in id order.
+    const int32_t want_ties = n - gt;
+    const int32_t segment = ((vocab + warps - 1) / warps + warp_size - 1) / warp_size * warp_size;
+    const int32_t seg_begin = warp * segment, seg_end = min(vocab, seg_begin + segment);
+    int32_t ties = 0;
+    for (int32_t step = seg_begin; step < seg_end; step += warp_size) {
+      const int32_t i = step + lane;
+      const uint32_t key = i < seg_end ? sortable(load_logit(raw, i, bf16_logits)) : 0;
+      const bool in = i < seg_end;
+      if (in && key > kth) sh.gt_ids[atomicAdd(&sh.gt_count, 1)] = i;
+      const unsigned tie = __ballot_sync(0xffffffffu, in && key == kth);
+      if (ties < want_ties && in && key == kth) {
+        const int32_t at = ties + __popc(tie & ((1u << lane) - 1u));
+        if (at < want_ties) sh.tie_ids[warp][at] = i;
+      }
+      ties = min(want_ties, ties + __popc(tie));
+    }
+    if (lane == 0) sh.tie_count[warp] = ties;
+    __syncthreads();
+  }
+
+  if (threadIdx.x == 0) {
+    out->token = token;
+    out->logprob = static_cast<float>(static_cast<double>(chosen) - log_z);
+    out->rank = 1 + larger;
+    out->num_top = n;
+    if (n > 0) {
+      int32_t ids[max_top_logprobs];
+      int count = 0;
+      // Plain loops (no unrolling) over shared memory: see the note on nvcc 13.0 above.
+#pragma unroll 1
+      for (int j = 0; j < gt; ++j) ids[count++] = sh.gt_ids[j];
+#pragma unroll 1
+      for (int v = 0; v < warps && count < n; ++v) {
+#pragma unroll 1
+        for (int j = 0; j < sh.tie_count[v] && count < n; ++j) ids[count++] = sh.tie_ids[v][j];
+      }
+      // Insertion sort by (logit descending, id ascending): at most 20 entries.
+      float vals[max_top_logprobs];
+      for (int j = 0; j < count; ++j) vals[j] = load_logit(raw, ids[j], bf16_logits);
+      for (int j = 1; j < count; ++j) {
+        const float v = vals[j];
+        const int32_t id = ids[j];
+        int at = j;
+        while (at > 0 && (vals[at - 1] < v || (vals[at - 1] == v && ids[at - 1] > id))) {
+          vals[at] = vals[at - 1];
+          ids[at] = ids[at - 1];
+          --at;
+        }
+        vals[at] = v;
+        ids[at] = id;
+      }
+      for (int j = 0; j < count; ++j) {
+        out->top_ids[j] = ids[j];
+        out->top_logprobs[j] = static_cast<float>(static_cast<double>(vals[j]) - log_z);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(threads, 1) sample_kernel(const SampleLaunch p, double scale) {
+  __shared__ Shared sh;
+  float* work = p.work + static_cast<int64_t>(blockIdx.x) * p.vocab;
+  const int32_t vocab = p.vocab;
+
+  for (int32_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const SampleRowParams q = p.params[row];
+    const void* raw = p.logits_bf16
+                          ? static_cast<const void*>(static_cast<const bf16*>(p.logits) + row * p.row_stride)
+                          : static_cast<const void*>(static_cast<const float*>(p.logits) + row * p.row_stride);
+    const int32_t* banned = p.banned + q.ban_begin;
+    const int32_t* counts = q.slot >= 0 ? p.counts + static_cast<int64_t>(q.slot) * vocab : nullptr;
+    const bool greedy = q.greedy != 0;
+    const bool repetition = q.repetition_penalty != 1.0f;
+    const bool additive = q.frequency_penalty != 0.0f || q.presence_penalty != 0.0f;
+
+    // P1: the CPU sampler's apply_min_tokens, apply_penalties and ÷ temperature, in that order.
+    float raw_max = -INFINITY, best = -INFINITY;
+    int32_t best_i = INT32_MAX;
+    for (int32_t i = threadIdx.x; i < vocab; i += threads) {
+      const float r = load_logit(raw, i, p.logits_bf16);
+      raw_max = fmaxf(raw_max, r);
+      float x = r;
+      if (q.ban_count > 0 && is_banned(banned, q.ban_count, i)) x = -INFINITY;
+      if (counts) {
+        const uint32_t c = static_cast<uint32_t>(counts[i]);
+        const uint32_t output = c & ~prompt_bit;
+        if (repetition && c != 0) x = x > 0.0f ? __fdiv_rn(x, q.repetition_penalty) : __fmul_rn(x, q.repetition_penalty);
+        if (additive && output > 0)
+          x = __fsub_rn(x, __fadd_rn(__fmul_rn(q.frequency_penalty, static_cast<float>(output)), q.presence_penalty));
+      }
+      if (!greedy) {
+        x = __fdiv_rn(x, q.temperature);
+        work[i] = x;
+      }
+      if (better(x, i, best, best_i)) {
+        best = x;
+        best_i = i;
+      }
+    }
+    block_argmax(best, best_i, sh);
+    raw_max = block_reduce(raw_max, Max{}, sh.red_f32);
+
+    int32_t token;
+    if (greedy) {
+      token = best_i < vocab ? best_i : 0;  // no candidate only when every logit is NaN
+    } else if (best == -INFINITY) {
+      token = 0;  // every token masked: the CPU sampler's answer
+    } else {
+      // P2: weights; the maximum's is exp(0) = 1 exactly, so min_p's limit is min_p itself.
+      const float max_scaled = best;
+      const bool use_min_p = q.min_p > 0.0;
+      float tau = 1.0f;
+      for (int32_t i = threadIdx.x; i < vocab; i += threads) {
+        const float w = static_cast<float>(exp(static_cast<double>(__fsub_rn(work[i], max_scaled))));
+        work[i] = w;
+        if (use_min_p && static_cast<double>(w) >= q.min_p && w < tau) tau = w;
+      }
+      tau = use_min_p ? block_reduce(tau, Min{}, sh.red_f32) : 0.0f;
+      if (!use_min_p) __syncthreads();  // the passes below read weights other threads wrote
+
+      if (q.top_k > 0) {
+        const float t = tau;
+        const RadixResult r = radix_search<true>(
+            vocab,
+            [&](int32_t i, uint32_t& key) -> u64 {
+              const float w = work[i];
+              key = __float_as_uint(w);  // w ≥ 0: its bits order as the values do
+              return (w >= t && w > 0.0f) ? 1 : 0;
+            },
+            [&](u64 total) -> u64 { return total < static_cast<u64>(q.top_k) ? 0 : static_cast<u64>(q.top_k); }, sh);
+        if (r.found) tau = fmaxf(tau, __uint_as_float(r.key));
+      }
+      if (q.top_p < 1.0) {
+        const float t = tau;
+        const RadixResult r = radix_search<false>(
+            vocab,
+            [&](int32_t i, uint32_t& key) -> u64 {
+              const float w = work[i];
+              key = __float_as_uint(w);
+              return (w >= t && w > 0.0f) ? fixed(w, scale) : 0;
+            },
+            [&](u64 total) -> u64 {
+              // cumulative ≥ top_p · total, for integer sums: cumulative ≥ ⌈top_p · total⌉.
+              const double target = ceil(q.top_p * static_cast<double>(total));
+              const u64 need = static_cast<u64>(target);
+              return need < 1 ? 1 : (need > total ? total : need);
+            },
+            sh);
+        if (r.found) tau = fmaxf(tau, __uint_as_float(r.key));
+      }
+      token = max(0, draw(work, vocab, tau, q.u, scale, sh));
+    }
+
+    if (threadIdx.x == 0) {
+      p.tokens[row] = token;
+      if (p.record && q.slot >= 0) atomicAdd(p.counts + static_cast<int64_t>(q.slot) * vocab + token, 1);
+    }
+    if (p.results && q.top_logprobs >= 0)
+      logprobs(raw, p.logits_bf16, vocab, raw_max, token, q.top_logprobs, p.results + row, sh);
+    __syncthreads();  // the next row reuses shared memory and `work`
+  }
+}
+
+__global__ void mark_prompt_kernel(int32_t* counts_row, const int32_t* ids, int64_t n, int32_t vocab) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t id = ids[i];
+    if (id >= 0 && id < vocab) atomicOr(reinterpret_cast<unsigned*>(counts_row + id), prompt_bit);
+  }
+}
+
+__global__ void record_tokens_kernel(int32_t* counts, int32_t vocab, const int32_t* slots, const int32_t* tokens,
+                                     int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t slot = slots[i], token = tokens[i];
+    if (slot >= 0 && token >= 0 && token < vocab) atomicAdd(counts + static_cast<int64_t>(slot) * vocab + token, 1);
+  }
+}
+
+unsigned small_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 1024)); }
+
+}  // namespace
+
+void sample(const SampleLaunch& launch, cudaStream_t stream) {
+  if (launch.rows == 0) return;
+  if (launch.vocab < 1 || launch.grid < 1) throw std::invalid_argument("sample: empty vocabulary or grid");
+  // Fixed-point masses: w ≤ 1, so vocab · 2^s < 2^62 keeps every sum inside 64 bits.
+  const int s = 62 - static_cast<int>(std::bit_width(static_cast<uint32_t>(launch.vocab)));
+  const double scale = std::ldexp(1.0, s);
+  const unsigned grid = static_cast<unsigned>(std::min(launch.grid, launch.rows));
+  sample_kernel<<<grid, threads, 0, stream>>>(launch, scale);
+  TROUPE_CUDA_CHECK_LAUNCH(sample_kernel);
+}
+
+void mark_prompt(int32_t* counts_row, const int32_t* ids, int64_t n, int32_t vocab, cudaStream_t stream) {
+  if (n == 0) return;
+  mark_prompt_kernel<<<small_grid(n), 256, 0, stream>>>(counts_row, ids, n, vocab);
+  TROUPE_CUDA_CHECK_LAUNCH(mark_prompt_kernel);
+}
+
+void record_tokens(int32_t* counts, int32_t vocab, const int32_t* slots, const int32_t* tokens, int64_t n,
+                   cudaStream_t stream) {
+  if (n == 0) return;
+  record_tokens_kernel<<<small_grid(n), 256, 0, stream>>>(counts, vocab, slots, tokens, n);
+  TROUPE_CUDA_CHECK_LAUNCH(record_tokens_kernel);
+}
+
+}  // namespace troupe::cuda
