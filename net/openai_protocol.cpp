@@ -50,6 +50,10 @@ class Body {
     if (root.type() != element_type::OBJECT) throw bad(std::string("the request body must be a JSON object, got ") + type_name(root), "");
     object_ = root.get_object().value_unsafe();
   }
+  bool is_null(std::string_view key) const {
+    element e;
+    return !object_.at_key(key).get(e) && e.is_null();
+  }
   std::optional<element> get(std::string_view key) const {
     element e;
     if (object_.at_key(key).get(e) || e.is_null()) return std::nullopt;
@@ -353,7 +357,9 @@ CompletionRequest parse_completion_request(std::string_view text) {
   Common c = common(body);
   r.model = std::move(c.model);
   r.params = c.params;
+  // 16 when absent, as in OpenAI's API; an explicit null runs to the context length, as in vLLM.
   r.params.max_tokens = 16;
+  if (body.is_null("max_tokens")) r.params.max_tokens = std::nullopt;
   read_max_tokens(body, "max_tokens", r.params);
   if (auto e = body.get("logprobs")) r.params.logprobs = static_cast<int32_t>(integer(*e, "logprobs", kInt32Min, kInt32Max));
   if (auto e = body.get("echo"); e && boolean(*e, "echo")) throw bad("echo is not supported", "echo");

@@ -439,7 +439,36 @@ TEST(HttpServer, ApiKeyProtectsV1Only) {
   EXPECT_EQ(s.call("POST", "/tokenize", R"({"prompt": "a"})").status, 200);
 }
 
+TEST(HttpServer, WebSocketUpgradeNeedsTheApiKeyTooByHeaderOrQuery) {
+  net::ServerOptions o = ServerFixture::small_limits();
+  o.api_key = "sesame";
+  ServerFixture s({}, o);
+  auto upgrade = [&](const std::string& target, const std::string& extra) {
+    HttpConnection c(s.port);
+    c.send("GET " + target + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extra + "\r\n");
+    return c.read_response().status;
+  };
+  EXPECT_EQ(upgrade("/v1/ws", ""), 401);
+  EXPECT_EQ(upgrade("/v1/ws?api_key=wrong", ""), 401);
+  EXPECT_EQ(upgrade("/v1/ws?api_key=sesame", ""), 101);
+  EXPECT_EQ(upgrade("/v1/ws", "Authorization: Bearer sesame\r\n"), 101);
+}
+
 // ---- connections -----------------------------------------------------------------------------------
+
+TEST(HttpServer, Http10GetsAnAnswerAndAClose) {
+  ServerFixture s;
+  HttpConnection c(s.port);
+  const std::string body = R"({"prompt": "old", "max_tokens": 3, "stream": true})";
+  c.send("POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\n\r\n" + body);
+  const HttpResponse r = c.read_response();  // no chunking in HTTP/1.0: the body ends at the close
+  EXPECT_EQ(r.status, 200);
+  const auto events = sse_payloads(r.body);
+  ASSERT_EQ(events.size(), 4u) << r.body;
+  EXPECT_EQ(events.back(), "[DONE]");
+}
 
 TEST(HttpServer, KeepAliveAndPipelining) {
   ServerFixture s;

@@ -77,6 +77,8 @@ TEST(CompletionRequest, DefaultsAreOpenAIs) {
   EXPECT_FALSE(r.include_usage);
   EXPECT_FALSE(r.params.logprobs);
   EXPECT_EQ(r.stop, (std::vector<std::string>{"\n"}));
+  // An explicit null max_tokens runs to the context length, as in vLLM.
+  EXPECT_FALSE(parse_completion_request(R"({"prompt": "x", "max_tokens": null})").params.max_tokens);
 }
 
 TEST(CompletionRequest, PromptShapes) {
