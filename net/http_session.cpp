@@ -106,7 +106,7 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
       continue_ = std::make_shared<http::response<http::empty_body>>(http::status::continue_, request.version());
       stream_.expires_after(context_.limits.write_timeout);
       return http::async_write(stream_, *continue_, [self = shared_from_this()](beast::error_code ec, size_t) {
-        if (ec) return self->close();
+        if (ec || self->closed_) return self->close();
         self->read_body();
       });
     }
@@ -263,6 +263,8 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
   }
 
   void response_done() {
+    // A write can complete successfully after close() (the server stopping) already ran.
+    if (closed_) return;
     busy_ = false;
     streaming_ = false;
     stream_last_ = stream_ended_ = false;
@@ -326,6 +328,7 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
   }
 
   void arm_timer(std::chrono::seconds after) {
+    if (closed_) return;  // a timer on a closed session would only hold the server's threads
     const uint64_t epoch = ++timer_epoch_;
     timer_.expires_after(after);
     timer_.async_wait([self = shared_from_this(), epoch](beast::error_code ec) {

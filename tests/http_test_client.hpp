@@ -98,7 +98,7 @@ class HttpConnection {
       r.headers[name] = value;
       pos = end + 2;
     }
-    if (r.status == 100) return r;
+    if (r.status / 100 == 1 || r.status == 204 || r.status == 304) return r;  // no body (RFC 9112 6.3)
     if (r.header("transfer-encoding") == "chunked") {
       while (true) {
         const std::string size_line = read_until("\r\n");
