@@ -12,6 +12,12 @@
 //   output element in registers. The [rows, 2·inter] intermediate never reaches memory.
 // - Deterministic combine. Each permuted row's result is computed independently of the other rows
 //   (fixed k order inside a tile), and each token sums its own slots in slot order: no atomics.
+//
+// Measured on an H200, Qwen3-30B-A3B's layer (128 experts, top 8, hidden 2048, inter 768): decode
+// batches of 8 to 64 tokens run within 1.1-1.2× of reading the touched weights once (0.16 ms at 8,
+// 0.33 ms at 64); one token takes 42 µs against an 18 µs floor (four launches); prefill reaches about
+// 170 TFLOP/s (1.8 ms for 4096 tokens, 4.7× the tensor-core floor): mma.sync with 64×128 tiles, where
+// wgmma and larger tiles are the next step.
 #include <algorithm>
 #include <limits>
 #include <stdexcept>

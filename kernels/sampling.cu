@@ -10,12 +10,18 @@
 //
 // Matching engine/sampler.hpp exactly is the point. Penalties and temperature use the same float
 // operations without contraction (__fmul_rn and friends, no FMA); w is exp computed in double and
-// rounded to float, which equals glibc's expf wherever that is correctly rounded (nearly always);
+// rounded to float, which equals glibc 2.36's expf on all but 8.7e-5 of the floats in [−104, 0]
+// (checked exhaustively on the host);
 // masses are sums of w in 64-bit fixed point (w · 2^s, s = 62 − bit_width(vocab), so no sum can
 // overflow). Integer sums do not depend on the order of addition: every pass, block and run gets
 // the same totals, and the result is deterministic. Against the CPU's double sums they differ by
 // at most vocab · 2^-(s+1) (about 4e-9 for 152k tokens), which can only matter when u · total (or
 // top_p · total) falls that close to a boundary between two tokens.
+//
+// Measured on an H200 with a 152k vocabulary (bf16 logits): one row takes 24 µs greedy, 100 µs at
+// T = 1, 244 µs with top_k + top_p + min_p; 256 rows take 0.05, 0.38 and 0.64 ms. A row is one block
+// on one SM, so small batches are latency-bound: spreading a row over a cluster of blocks is the next
+// step there. The double-precision exp costs about a third of the T = 1 time.
 #include <cuda_bf16.h>
 
 #include <algorithm>
