@@ -85,6 +85,8 @@ caf::behavior embedding(Self* self, EmbeddingSpec spec) {
         }
       },
       [=](flush_atom) { flush(self); },
+      // The router answers each submit with the scheduler it chose; embeddings never need it.
+      [=](const caf::actor&) {},
       [=](atoms::update, SequenceUpdate& u) {
         EmbeddingState& st = self->state;
         auto it = st.seqs.find(u.seq);
