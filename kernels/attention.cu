@@ -14,12 +14,11 @@ bool attention_supports_head_dim(int head_dim) {
 }
 
 size_t attention_workspace_floats(int sm_count) {
-  // paged_decode splits a context only until about kDecodeCtasPerSm CTAs per multiprocessor exist;
-  // each CTA's query rows (16 when a kv head serves up to 16 query heads) then need head_dim + 2
-  // floats per split. Where a batch would want more (groups of 16 query heads per kv head), the
-  // decode path takes fewer splits instead.
+  // Partial outputs (head_dim floats, at most 128) plus max and sum for the 16 query rows of
+  // kWorkspaceCtasPerSm CTAs per SM: about 8.8 MB on 132 SMs. Where a step would want more (many query
+  // heads per kv head), the decode path takes fewer splits instead.
   const size_t sms = static_cast<size_t>(sm_count > 0 ? sm_count : 132);
-  return sms * attn::kDecodeCtasPerSm * 16 * (128 + 2);
+  return sms * attn::kWorkspaceCtasPerSm * 16 * (128 + 2);
 }
 
 namespace attn {
@@ -30,8 +29,12 @@ void allow_shared_memory(const void* kernel, int bytes, std::atomic<uint64_t>& g
   TROUPE_CUDA_CHECK(cudaGetDevice(&device));
   const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
   if (bit != 0 && (granted.load(std::memory_order_acquire) & bit)) return;
-  // Two threads may both get here for one device: setting the attribute twice is harmless.
+  // Two threads may both get here for one device: setting the attributes twice is harmless.
   TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  // All of L1 as shared memory: without it the driver may pick a carveout that fits one CTA fewer
+  // per SM (these kernels stream through shared memory and barely use L1).
+  TROUPE_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   granted.fetch_or(bit, std::memory_order_acq_rel);
 }
 

@@ -20,10 +20,10 @@ namespace troupe::cuda::attn {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * warp_size;
 constexpr int kTileKeys = 64;  // keys per shared-memory stage
-constexpr int kStages = 2;     // stages in flight: the next tile loads while this one is used
-// The decode path splits long contexts until there are about this many CTAs per multiprocessor
-// (two to three are resident at once), so that a small batch still keeps every SM streaming.
-constexpr int kDecodeCtasPerSm = 8;
+constexpr int kStages = 2;     // prefill's stages: the next tile loads while this one is used
+// The decode path's workspace holds partial outputs of this many CTAs per SM (of 16 query rows each);
+// its splits stay well below (about two waves of three to six resident CTAs per SM).
+constexpr int kWorkspaceCtasPerSm = 8;
 // Fewest keys worth a split of their own: below this a CTA's pipeline fill dominates.
 constexpr int kMinSplitKeys = 256;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -91,30 +91,57 @@ struct KvSource {
   const bf16* v;
   const int32_t* table;  // the sequence's row of the block table
   int block_size;
+  int block_shift;      // log2(block_size) when it is a power of two, else -1 (then divide)
   int64_t slot_stride;  // elements from one slot to the next: num_kv_heads · head_dim
   int64_t head_offset;  // kv_head · head_dim
 };
 
-// Starts the copy of keys [k0, k0 + kTileKeys) into ks and vs (kTileKeys rows of kRow<D>); keys at or
-// past k_end are zero-filled without reading the cache or the block table.
+// The rows of a K/V tile that one thread copies, and their cache slots. Looking a slot up is a
+// dependent global load (the block table) before the copy can start, so the decode loop fetches the
+// slots of the next tile while the current one is in flight.
 template <int D>
-__device__ __forceinline__ void load_kv_tile(bf16* ks, bf16* vs, const KvSource& src, int k0, int k_end) {
-  constexpr int chunks = D / 8;  // 16-byte chunks per row
+struct TileSlots {
+  static constexpr int chunks = D / 8;  // 16-byte chunks per row
+  static constexpr int count = kTileKeys * chunks / kThreads;
   static_assert(kTileKeys * chunks % kThreads == 0);
+  int32_t slot[count];
+
+  __device__ __forceinline__ static int row(int i) { return (static_cast<int>(threadIdx.x) + i * kThreads) / chunks; }
+  __device__ __forceinline__ static int col(int i) { return (static_cast<int>(threadIdx.x) + i * kThreads) % chunks * 8; }
+
+  // Slots of this thread's rows of keys [k0, k0 + kTileKeys); rows at or past k_end read nothing.
+  __device__ __forceinline__ void fetch(const KvSource& src, int k0, int k_end) {
 #pragma unroll
-  for (int i = 0; i < kTileKeys * chunks / kThreads; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
-    const int row = c / chunks, col = (c % chunks) * 8;
-    const int key = k0 + row;
-    const bool live = key < k_end;
-    int64_t offset = 0;
-    if (live) {
-      const int64_t block = src.table[key / src.block_size];
-      offset = (block * src.block_size + key % src.block_size) * src.slot_stride + src.head_offset + col;
+    for (int i = 0; i < count; ++i) {
+      const int key = k0 + row(i);
+      const int index = src.block_shift >= 0 ? key >> src.block_shift : key / src.block_size;
+      slot[i] = key < k_end ? src.table[index] * src.block_size + (key - index * src.block_size) : 0;
     }
+  }
+};
+
+// Starts the copy of keys [k0, k0 + kTileKeys) into ks and vs (kTileKeys rows of kRow<D>), from the
+// slots that `slots` fetched for the same k0; keys at or past k_end are zero-filled without reading
+// the cache.
+template <int D>
+__device__ __forceinline__ void load_kv_tile(bf16* ks, bf16* vs, const KvSource& src, int k0, int k_end,
+                                             const TileSlots<D>& slots) {
+#pragma unroll
+  for (int i = 0; i < TileSlots<D>::count; ++i) {
+    const int row = TileSlots<D>::row(i), col = TileSlots<D>::col(i);
+    const bool live = k0 + row < k_end;
+    const int64_t offset = live ? static_cast<int64_t>(slots.slot[i]) * src.slot_stride + src.head_offset + col : 0;
     cp_async_16(smem_u32(ks + row * kRow<D> + col), src.k + offset, live);
     cp_async_16(smem_u32(vs + row * kRow<D> + col), src.v + offset, live);
   }
+}
+
+// The same, looking the blocks up on the spot.
+template <int D>
+__device__ __forceinline__ void load_kv_tile(bf16* ks, bf16* vs, const KvSource& src, int k0, int k_end) {
+  TileSlots<D> slots;
+  slots.fetch(src, k0, k_end);
+  load_kv_tile<D>(ks, vs, src, k0, k_end, slots);
 }
 
 // Starts the copy of a query tile of kRows rows into qs; row_source(r) gives row r's first element in

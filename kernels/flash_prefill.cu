@@ -10,6 +10,7 @@
 // (query tiles of the longest sequence, kv heads, sequences), and tiles past a shorter sequence's end
 // exit at once.
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <stdexcept>
 
@@ -32,6 +33,7 @@ struct PrefillParams {
   int64_t out_stride;
   int max_blocks_per_seq;
   int block_size;
+  int block_shift;  // log2(block_size), or -1 when it is not a power of two
   int num_kv_heads;
   int group;
   float scale_log2;
@@ -70,7 +72,8 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const PrefillPa
   // Keys that some row of this CTA sees: up to the causal limit of its last token.
   const int kv_end = past + min(qn - 1, (row0 + kRows - 1) / p.group) + 1;
   const KvSource src{p.k_cache, p.v_cache, p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq,
-                     p.block_size, static_cast<int64_t>(p.num_kv_heads) * D, static_cast<int64_t>(kv_head) * D};
+                     p.block_size, p.block_shift, static_cast<int64_t>(p.num_kv_heads) * D,
+                     static_cast<int64_t>(kv_head) * D};
   const int n_tiles = (kv_end + kTileKeys - 1) / kTileKeys;
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
@@ -146,6 +149,7 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   p.out_stride = static_cast<int64_t>(a.num_heads) * D;
   p.max_blocks_per_seq = a.max_blocks_per_seq;
   p.block_size = a.block_size;
+  p.block_shift = (a.block_size & (a.block_size - 1)) == 0 ? std::countr_zero(static_cast<unsigned>(a.block_size)) : -1;
   p.num_kv_heads = a.num_kv_heads;
   p.group = a.num_heads / a.num_kv_heads;
   p.scale_log2 = a.scale * kLog2e;

@@ -8,15 +8,24 @@
 //
 // A long context with few sequences would leave most SMs idle, so the context is split (FlashDecoding):
 // grid.x CTAs take consecutive ranges of split_keys keys, write unnormalised partial outputs with their
-// max and sum to a workspace, and a second kernel combines them.
+// max and sum to a workspace, and a second kernel combines them. How many splits: choose_splits.
+//
+// Measured on an H200 (tools/attention_bench.cu; docs/attention.md): 85-93% of the bandwidth of a
+// device-to-device copy from 32 sequences of 4096 keys up, 57-70% for one to eight long sequences.
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <stdexcept>
 
 #include "kernels/attention_tiles.cuh"
 
 namespace troupe::cuda::attn {
 namespace {
+
+// K/V tiles per CTA in shared memory. A CTA streams at (bytes in flight) / (latency), so deeper
+// pipelines let fewer CTAs saturate HBM, but they cost shared memory, hence CTAs per SM: on an H200
+// three stages (two CTAs per SM at head_dim 128) ran 3 to 25% slower than two (three CTAs per SM).
+constexpr int kDecodeStages = 2;
 
 struct DecodeParams {
   const bf16* qkv;
@@ -30,6 +39,7 @@ struct DecodeParams {
   int64_t out_stride;
   int max_blocks_per_seq;
   int block_size;
+  int block_shift;  // log2(block_size), or -1 when it is not a power of two
   int num_heads;
   int num_kv_heads;
   int group;      // query heads per kv head
@@ -42,11 +52,16 @@ struct DecodeParams {
 };
 
 template <int D>
-constexpr int decode_smem_bytes = (16 + kStages * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
+constexpr int decode_smem_bytes = (16 + kDecodeStages * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
+
+// Registers are capped so that this many CTAs fit an SM: as many as shared memory allows at head_dim
+// 128 and 64 (uncapped, the block-id prefetch would cost one of them), six below.
+template <int D>
+constexpr int decode_min_ctas = D >= 128 ? 3 : D >= 64 ? 5 : 6;
 
 // grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads.
 template <int D>
-__global__ void __launch_bounds__(kThreads) paged_decode_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_kernel(const DecodeParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* const qs = reinterpret_cast<bf16*>(smem);
   bf16* const stages = qs + 16 * kRow<D>;  // stage i: K tile at 2i, V tile at 2i + 1
@@ -57,7 +72,9 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const DecodePara
   const int ctx = p.context_lens[seq];
   const int k_begin = split * p.split_keys;
   if (k_begin >= ctx) return;  // nothing of this sequence here; the combine kernel skips the split
-  const int k_end = min(ctx, k_begin + p.split_keys);
+  // The last split takes whatever remains, so that a context longer than the max_context_len the
+  // splits were sized for (a CUDA graph captured at another step's lengths) is still read whole.
+  const int k_end = split == p.num_splits - 1 ? ctx : min(ctx, k_begin + p.split_keys);
   const int token = p.query_start[seq];
   const int g0 = row_tile * 16;
   const int rows = min(16, p.group - g0);
@@ -68,16 +85,23 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const DecodePara
   cp_async_commit();
 
   const KvSource src{p.k_cache, p.v_cache, p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq,
-                     p.block_size, static_cast<int64_t>(p.num_kv_heads) * D, static_cast<int64_t>(kv_head) * D};
+                     p.block_size, p.block_shift, static_cast<int64_t>(p.num_kv_heads) * D,
+                     static_cast<int64_t>(kv_head) * D};
   const int n_tiles = (k_end - k_begin + kTileKeys - 1) / kTileKeys;
+  // The block ids of the next tile to load are fetched one tile early, so that a block table lookup
+  // never sits between the previous copy and the next.
+  TileSlots<D> next;
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < n_tiles)
+  for (int st = 0; st < kDecodeStages - 1; ++st) {
+    if (st < n_tiles) {
+      next.fetch(src, k_begin + st * kTileKeys, k_end);
       load_kv_tile<D>(stages + 2 * st * tile_elems<D>, stages + (2 * st + 1) * tile_elems<D>, src,
-                      k_begin + st * kTileKeys, k_end);
+                      k_begin + st * kTileKeys, k_end, next);
+    }
     cp_async_commit();
   }
-  cp_async_wait<kStages - 1>();  // the q group, committed first, is complete
+  next.fetch(src, k_begin + (kDecodeStages - 1) * kTileKeys, k_end);
+  cp_async_wait<kDecodeStages - 1>();  // the q group, committed first, is complete
   __syncthreads();
   uint32_t qf[D / 16][4];
   load_q_fragments<D>(qf, qs, lane);
@@ -86,18 +110,19 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const DecodePara
   acc.init();
   const int lim[2] = {k_end - 1, k_end - 1};
   for (int t = 0; t < n_tiles; ++t) {
-    const int ahead = t + kStages - 1;
+    const int ahead = t + kDecodeStages - 1;
     if (ahead < n_tiles) {
-      const int st = ahead % kStages;
+      const int st = ahead % kDecodeStages;
       load_kv_tile<D>(stages + 2 * st * tile_elems<D>, stages + (2 * st + 1) * tile_elems<D>, src,
-                      k_begin + ahead * kTileKeys, k_end);
+                      k_begin + ahead * kTileKeys, k_end, next);
     }
     cp_async_commit();  // possibly empty, so that the group count stays in step with t
-    cp_async_wait<kStages - 1>();
+    if (ahead + 1 < n_tiles) next.fetch(src, k_begin + (ahead + 1) * kTileKeys, k_end);
+    cp_async_wait<kDecodeStages - 1>();
     __syncthreads();
     const int key0 = k_begin + t * kTileKeys + warp * 16;
     if (key0 < k_end) {
-      const int st = t % kStages;
+      const int st = t % kDecodeStages;
       const bf16* ks = stages + 2 * st * tile_elems<D> + warp * 16 * kRow<D>;
       const bf16* vs = stages + (2 * st + 1) * tile_elems<D> + warp * 16 * kRow<D>;
       attend<D, 16>(acc, qf, ks, vs, key0, lim, key0 + 15 >= k_end, p.scale_log2, lane);
@@ -111,7 +136,7 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const DecodePara
   float* const red_o = reinterpret_cast<float*>(stages);  // [kWarps][16][D]
   float* const red_m = red_o + kWarps * 16 * D;            // [kWarps][16]
   float* const red_l = red_m + kWarps * 16;
-  static_assert((kWarps * 16 * (D + 2)) * sizeof(float) <= 2 * kStages * kTileKeys * kRow<D> * sizeof(bf16));
+  static_assert((kWarps * 16 * (D + 2)) * sizeof(float) <= 2 * kDecodeStages * kTileKeys * kRow<D> * sizeof(bf16));
   const int quad_row = lane >> 2, quad = lane & 3;
   if (quad == 0) {
 #pragma unroll
@@ -159,27 +184,112 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const DecodePara
   }
 }
 
-// grid (num_heads, num_seqs), max(D, 32) threads: out = Σ_i o_i 2^(m_i − m) / Σ_i l_i 2^(m_i − m) over
-// the splits that hold keys of the sequence.
+constexpr int kCombineThreads = 128;
+
+// Max or sum over the block, returned to every thread; `red` holds one float per warp.
+template <bool kMax>
+__device__ __forceinline__ float block_reduce(float v, float* red) {
+#pragma unroll
+  for (int offset = warp_size / 2; offset > 0; offset /= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = kMax ? fmaxf(v, other) : v + other;
+  }
+  if (threadIdx.x % warp_size == 0) red[threadIdx.x / warp_size] = v;
+  __syncthreads();
+  v = red[0];
+#pragma unroll
+  for (int w = 1; w < kCombineThreads / warp_size; ++w) v = kMax ? fmaxf(v, red[w]) : v + red[w];
+  __syncthreads();  // red is free again
+  return v;
+}
+
+// grid (num_heads, num_seqs), kCombineThreads threads, num_splits floats of dynamic shared memory:
+// out = Σ_i o_i 2^(m_i − m) / Σ_i l_i 2^(m_i − m) over the splits that hold keys of the sequence.
+// A long context has a hundred splits or more, so the splits are spread over the threads (the
+// weights once, then D-wide rows of partial outputs, several in flight per thread) rather than walked
+// one after another.
 template <int D>
-__global__ void combine_splits_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const DecodeParams p) {
+  extern __shared__ float weight[];  // [num_splits]: 2^(m_i − m)
+  __shared__ float red[kCombineThreads / warp_size];
+  __shared__ float part_sum[kCombineThreads * 4];
   const int head = blockIdx.x, seq = blockIdx.y;
   const int ctx = p.context_lens[seq];
   const int n = min(p.num_splits, (ctx + p.split_keys - 1) / p.split_keys);
   const int64_t first = (static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits;
-  float m_all = -INFINITY;
-  for (int i = 0; i < n; ++i) m_all = fmaxf(m_all, p.partial_ml[(first + i) * 2]);
-  const float base = m_all == -INFINITY ? 0.0f : m_all;
-  const int token = p.query_start[seq];
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float l = 0.0f, o = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      const float f = fast_exp2(p.partial_ml[(first + i) * 2] - base);
-      l += p.partial_ml[(first + i) * 2 + 1] * f;
-      o += p.partial_out[(first + i) * D + d] * f;
-    }
-    p.out[token * p.out_stride + static_cast<int64_t>(head) * D + d] = __float2bfloat16_rn(l > 0.0f ? o / l : 0.0f);
+  const float2* ml = reinterpret_cast<const float2*>(p.partial_ml) + first;
+
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < n; i += kCombineThreads) m = fmaxf(m, ml[i].x);
+  m = block_reduce<true>(m, red);
+  const float base = m == -INFINITY ? 0.0f : m;
+  float l = 0.0f;
+  for (int i = threadIdx.x; i < n; i += kCombineThreads) {
+    const float2 v = ml[i];
+    const float w = fast_exp2(v.x - base);
+    weight[i] = w;
+    l += v.y * w;
   }
+  l = block_reduce<false>(l, red);  // its barrier also publishes weight[]
+
+  // Four consecutive dims per thread (16-byte loads); `parts` threads per 4 dims, each taking every
+  // parts-th split, so that many loads are in flight.
+  constexpr int quads = D / 4;
+  static_assert(kCombineThreads % quads == 0);
+  constexpr int parts = kCombineThreads / quads;
+  const int d = (threadIdx.x % quads) * 4, part = threadIdx.x / quads;
+  const float* po = p.partial_out + first * D + d;
+  float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int i = part; i < n; i += parts) {
+    const float4 v = *reinterpret_cast<const float4*>(po + static_cast<int64_t>(i) * D);
+    const float w = weight[i];
+    o.x += v.x * w, o.y += v.y * w, o.z += v.z * w, o.w += v.w * w;
+  }
+  part_sum[threadIdx.x * 4 + 0] = o.x, part_sum[threadIdx.x * 4 + 1] = o.y;
+  part_sum[threadIdx.x * 4 + 2] = o.z, part_sum[threadIdx.x * 4 + 3] = o.w;
+  __syncthreads();
+  if (part != 0) return;
+#pragma unroll
+  for (int k = 1; k < parts; ++k) {
+    const float* q = part_sum + (k * quads + threadIdx.x) * 4;
+    o.x += q[0], o.y += q[1], o.z += q[2], o.w += q[3];
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  const int token = p.query_start[seq];
+  const uint2 packed{pack_bf16(o.x * inv, o.y * inv), pack_bf16(o.z * inv, o.w * inv)};
+  *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(head) * D + d) = packed;
+}
+
+// How many equal ranges of keys to split each context into, when `ctas` CTAs (sequences × kv heads
+// × row tiles) would leave resident slots empty. Measured on an H200: a CTA streams K/V at a bounded
+// rate (the bytes its stages keep in flight over the latency), so it takes most of the resident
+// slots to reach full bandwidth, and a partly filled last wave runs at its CTAs' rate, not at HBM's.
+// The estimate per candidate: Σ over waves of keys per CTA × max(1, CTAs in the wave / saturating
+// CTAs), plus a CTA's start and the combine kernel in key-equivalents; fewer splits win ties.
+int64_t choose_splits(int64_t ctas, int64_t slots, int max_context_len, int64_t max_splits) {
+  if (ctas >= 4 * slots || max_splits <= 1) return 1;  // a partial last wave is a small part of 4 or more
+  constexpr double kSaturating = 0.85;  // of the resident slots
+  constexpr double kStartKeys = 64, kCombineKeys = 128;
+  const double saturating = kSaturating * static_cast<double>(slots);
+  double best_time = 0;
+  int64_t best = 1;
+  // Beyond four waves more splits only add starts and partial outputs.
+  const int64_t last = std::min(max_splits, std::max<int64_t>(1, 4 * slots / ctas));
+  for (int64_t s = 1; s <= last; ++s) {
+    const int64_t keys = ((max_context_len + s - 1) / s + kTileKeys - 1) / kTileKeys * kTileKeys;
+    const int64_t splits = (max_context_len + keys - 1) / keys;
+    if (splits != s) continue;  // rounding to whole tiles made this the same as a smaller count
+    const int64_t total = ctas * splits, full = total / slots, rest = total % slots;
+    const double load = static_cast<double>(full) * std::max(1.0, static_cast<double>(slots) / saturating) +
+                        (rest > 0 ? std::max(1.0, static_cast<double>(rest) / saturating) : 0.0);
+    const double time = (static_cast<double>(keys) + kStartKeys) * load + (splits > 1 ? kCombineKeys : 0.0);
+    if (s == 1 || time < 0.97 * best_time) {
+      best_time = time;
+      best = splits;
+    }
+  }
+  return best;
 }
 
 template <int D>
@@ -196,21 +306,34 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   p.out_stride = static_cast<int64_t>(a.num_heads) * D;
   p.max_blocks_per_seq = a.max_blocks_per_seq;
   p.block_size = a.block_size;
+  p.block_shift = (a.block_size & (a.block_size - 1)) == 0 ? std::countr_zero(static_cast<unsigned>(a.block_size)) : -1;
   p.num_heads = a.num_heads;
   p.num_kv_heads = a.num_kv_heads;
   p.group = a.num_heads / a.num_kv_heads;
   p.row_tiles = (p.group + 15) / 16;
   p.scale_log2 = a.scale * kLog2e;
 
-  // Splits: enough CTAs for every SM to hold a few, never fewer than kMinSplitKeys keys each, and no
-  // more partial outputs than the workspace holds.
   const int64_t ctas = static_cast<int64_t>(a.num_seqs) * a.num_kv_heads * p.row_tiles;
-  const int64_t target = static_cast<int64_t>(a.sm_count) * kDecodeCtasPerSm;
   const int64_t partial_floats = static_cast<int64_t>(a.num_seqs) * a.num_heads * (D + 2);
+  int64_t max_splits = 1;
+  if (a.workspace != nullptr && a.max_context_len > kMinSplitKeys) {
+    max_splits = std::min<int64_t>((a.max_context_len + kMinSplitKeys - 1) / kMinSplitKeys,
+                                   static_cast<int64_t>(a.workspace_floats) / partial_floats);
+  }
+  constexpr int smem = decode_smem_bytes<D>;
+  static std::atomic<uint64_t> granted{0};
+  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D>), smem, granted);
   int64_t splits = 1;
-  if (ctas < target && a.max_context_len > kMinSplitKeys && a.workspace != nullptr) {
-    splits = std::min<int64_t>((target + ctas - 1) / ctas, (a.max_context_len + kMinSplitKeys - 1) / kMinSplitKeys);
-    splits = std::min<int64_t>(splits, static_cast<int64_t>(a.workspace_floats) / partial_floats);
+  if (max_splits > 1) {
+    static std::atomic<int> ctas_per_sm{0};
+    if (ctas_per_sm.load(std::memory_order_relaxed) == 0) {
+      int n = 0;
+      TROUPE_CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_decode_kernel<D>, kThreads, static_cast<size_t>(smem)));
+      ctas_per_sm.store(std::max(n, 1), std::memory_order_relaxed);
+    }
+    splits = choose_splits(ctas, static_cast<int64_t>(a.sm_count) * ctas_per_sm.load(std::memory_order_relaxed),
+                           a.max_context_len, max_splits);
   }
   if (splits > 1) {
     const int64_t per_split = (a.max_context_len + splits - 1) / splits;
@@ -225,16 +348,13 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     p.partial_ml = a.workspace + partial_floats / (D + 2) * p.num_splits * D;
   }
 
-  constexpr int smem = decode_smem_bytes<D>;
-  static std::atomic<uint64_t> granted{0};
-  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D>), smem, granted);
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(a.num_kv_heads * p.row_tiles),
                   static_cast<unsigned>(a.num_seqs));
   paged_decode_kernel<D><<<grid, kThreads, smem, stream>>>(p);
   TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
   if (p.num_splits > 1) {
     combine_splits_kernel<D><<<dim3(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(a.num_seqs)),
-                               std::max(D, warp_size), 0, stream>>>(p);
+                               kCombineThreads, p.num_splits * sizeof(float), stream>>>(p);
     TROUPE_CUDA_CHECK_LAUNCH(combine_splits_kernel);
   }
 }

@@ -216,7 +216,9 @@ std::string describe(const AttentionCase& c) {
 // sequence's context length (NaN everywhere else), random q, both backends, one comparison.
 class AttentionMatchesCpu : public AttentionGpuTest {
  protected:
-  void check(const AttentionCase& c, uint32_t seed) {
+  // max_context_len: what the metadata claims, when larger than the longest context (as a step
+  // captured in a CUDA graph for longer contexts would); 0 for the true value.
+  void check(const AttentionCase& c, uint32_t seed, int max_context_len = 0) {
     const std::string what = describe(c);
     SCOPED_TRACE(what);
     const QkvLayout layout{c.heads, c.kv_heads, c.head_dim};
@@ -225,7 +227,8 @@ class AttentionMatchesCpu : public AttentionGpuTest {
     for (const Seq& s : c.seqs) lengths.push_back(s.context_len);
     const int num_blocks = blocks_for(lengths, bs) + 3;
     const auto tables = scattered_tables(lengths, bs, num_blocks, seed);
-    const HostBatch b = make_batch(c.seqs, tables, bs);
+    HostBatch b = make_batch(c.seqs, tables, bs);
+    b.max_context_len = std::max(b.max_context_len, max_context_len);
 
     const int64_t kv = layout.kv_size();
     const Shape cache_shape{num_blocks, bs, c.kv_heads, c.head_dim};
@@ -286,6 +289,20 @@ TEST_F(AttentionMatchesCpu, DecodeManySequencesWithoutSplits) {
   contexts[0] = 1, contexts[1] = 16, contexts[2] = 17, contexts[3] = 400;
   check({32, 8, 128, 16, decode_batch(contexts)}, 200);
   check({16, 8, 64, 32, decode_batch(contexts)}, 201);
+}
+
+TEST_F(AttentionMatchesCpu, DecodeLongContextsInManySplits) {
+  // One or two sequences of 33 to 40 thousand keys: a hundred and more splits, more than the combine
+  // kernel has threads.
+  check({4, 1, 64, 16, decode_batch({40000})}, 250);
+  check({8, 2, 128, 32, decode_batch({33000, 20})}, 251);
+}
+
+TEST_F(AttentionMatchesCpu, DecodeWithMetadataSizedForLongerContexts) {
+  // Splits sized for 16384 keys while no context exceeds 300: most splits hold nothing; and the
+  // reverse is not allowed (the CPU reference requires context ≤ max_context_len).
+  check({8, 2, 128, 16, decode_batch({1, 16, 17, 255, 300})}, 260, 16384);
+  check({8, 2, 64, 16, {{1, 40}, {30, 30}}}, 261, 16384);  // the prefill path ignores it
 }
 
 TEST_F(AttentionMatchesCpu, DecodeGroupsWiderThanOneTile) {

@@ -154,6 +154,8 @@ int main() {
   const Case cases[] = {
       // name                               seqs  q   ctx    H  Hkv  D   bs
       {"decode llama8b 1x32768 (split)", 1, 1, 32768, 32, 8, 128, 16},
+      {"decode llama8b 1x4096 (split)", 1, 1, 4096, 32, 8, 128, 16},
+      {"decode llama8b 4x16384 (split)", 4, 1, 16384, 32, 8, 128, 16},
       {"decode llama8b 8x8192 (split)", 8, 1, 8192, 32, 8, 128, 16},
       {"decode llama8b 32x4096", 32, 1, 4096, 32, 8, 128, 16},
       {"decode llama8b 128x2048", 128, 1, 2048, 32, 8, 128, 16},
