@@ -53,7 +53,10 @@ std::string query_param(std::string_view target, std::string_view name) {
 class HttpSession : public Session, public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(tcp::socket&& socket, SessionContext& context)
-      : stream_(std::move(socket)), context_(context), timer_(stream_.get_executor()) {}
+      : stream_(std::move(socket)),
+        context_(context),
+        mailbox_(std::make_shared<Mailbox>(stream_.get_executor())),
+        timer_(stream_.get_executor()) {}
   ~HttpSession() override { context_.registry.remove(this); }
 
   void run() {
@@ -158,13 +161,18 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
                                   std::string_view(request[http::field::authorization].data(),
                                                    request[http::field::authorization].size()),
                                   request.body()};
-    ApiResult result = context_.api.handle(api_request, make_post());
+    ApiResult result = context_.api.handle(api_request, make_post(context_.gate, mailbox_));
     if (!result.pending) return write_reply(std::move(result.reply));
 
     pending_ = std::move(result.pending);
+    // The engine holds the pending result, so it holds this session only weakly (it may keep a
+    // listener past the server's life); the session holds itself until the answer is out.
+    self_ = shared_from_this();
     streaming_ = pending_->stream();
     if (streaming_) start_stream();
-    pending_->begin([self = shared_from_this()](Output output) { self->on_output(std::move(output)); });
+    pending_->begin([weak = weak_from_this()](Output output) {
+      if (auto self = weak.lock()) self->on_output(std::move(output));
+    });
     read_header();  // the read-ahead that notices a client going away
   }
 
@@ -182,12 +190,6 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
     closed_ = true;  // this session's work is over; the WebSocket session owns the socket now
     context_.registry.remove(this);
     run_websocket_session(stream_.release_socket(), raw.str(), context_);
-  }
-
-  Post make_post() {
-    return [gate = context_.gate, executor = stream_.get_executor()](std::function<void()> f) {
-      gate->pass([&] { asio::post(executor, std::move(f)); });
-    };
   }
 
   void write_reply(HttpReply reply) {
@@ -272,6 +274,7 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
     stream_header_.reset();
     in_flight_.clear();
     pending_.reset();
+    const auto keep = std::move(self_);  // the pending async operations hold the session from here
     if (!keep_alive_) return linger_close();
     if (deferred_) {
       const beast::error_code ec = deferred_;
@@ -299,6 +302,7 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
     closed_ = true;
     if (pending_) pending_->abort();
     pending_.reset();
+    const auto keep = std::move(self_);
     ++timer_epoch_;
     timer_.cancel();
     beast::error_code ec;
@@ -338,6 +342,8 @@ class HttpSession : public Session, public std::enable_shared_from_this<HttpSess
 
   beast::tcp_stream stream_;
   SessionContext& context_;
+  std::shared_ptr<Mailbox> mailbox_;
+  std::shared_ptr<HttpSession> self_;  // while a pending result is answered
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   asio::steady_timer timer_;  // bounds a read-ahead left over after an answer, and lingering

@@ -55,8 +55,9 @@ struct Server::Impl {
   std::shared_ptr<Gate> gate = std::make_shared<Gate>();
   SessionContext context;
   asio::io_context ioc;
-  tcp::acceptor acceptor;
-  asio::steady_timer retry_timer;
+  tcp::acceptor acceptor;          // on its own strand: accept handlers and stop() never overlap
+  asio::steady_timer retry_timer;  // on the acceptor's strand too
+  uint16_t port = 0;
   std::vector<std::thread> threads;
   std::mutex mutex;
   std::condition_variable idle;
@@ -69,8 +70,8 @@ struct Server::Impl {
         api(engine, options.api_key),
         context{api, limits_of(options), gate, registry},
         ioc(options.http_threads),
-        acceptor(ioc),
-        retry_timer(ioc) {
+        acceptor(asio::make_strand(ioc)),
+        retry_timer(acceptor.get_executor()) {
     if (options.http_threads < 1) throw std::invalid_argument("http_threads must be at least 1");
     const tcp::endpoint endpoint = resolve(ioc, options.host, options.port);
     boost::system::error_code ec;
@@ -79,6 +80,7 @@ struct Server::Impl {
     if (!ec) acceptor.bind(endpoint, ec);
     if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) throw std::runtime_error("cannot listen on " + options.host + ":" + std::to_string(options.port) + ": " + ec.message());
+    port = acceptor.local_endpoint().port();
   }
 
   void accept() {
@@ -104,7 +106,7 @@ Server::Server(EngineClient& engine, ServerOptions options) : impl_(std::make_un
 
 Server::~Server() { stop(); }
 
-uint16_t Server::port() const { return impl_->acceptor.local_endpoint().port(); }
+uint16_t Server::port() const { return impl_->port; }
 
 size_t Server::connections() const { return impl_->registry.size(); }
 
@@ -133,7 +135,7 @@ void Server::stop() {
     s.stopped = true;
   }
   // On an I/O thread, so no connection is accepted after the sessions were told to close.
-  asio::post(s.ioc, [&s] {
+  asio::post(s.acceptor.get_executor(), [&s] {
     boost::system::error_code ec;
     s.acceptor.close(ec);
     s.retry_timer.cancel();

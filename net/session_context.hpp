@@ -2,6 +2,8 @@
 // which engine threads post into sessions, and the registry that lets the server close them all.
 #pragma once
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/post.hpp>
 #include <chrono>
 #include <cstddef>
 #include <functional>
@@ -44,6 +46,21 @@ class Gate {
   std::shared_mutex mutex_;
   bool closed_ = false;
 };
+
+// A session's strand as engine threads see it: through a weak pointer, so a listener the engine
+// keeps after the session (or the whole server) is gone holds no executor of a dead io_context.
+struct Mailbox {
+  explicit Mailbox(boost::asio::any_io_executor e) : executor(std::move(e)) {}
+  boost::asio::any_io_executor executor;
+};
+
+inline Post make_post(std::shared_ptr<Gate> gate, std::weak_ptr<Mailbox> mailbox) {
+  return [gate = std::move(gate), mailbox = std::move(mailbox)](std::function<void()> f) {
+    gate->pass([&] {
+      if (auto m = mailbox.lock()) boost::asio::post(m->executor, std::move(f));
+    });
+  };
+}
 
 class Session {
  public:

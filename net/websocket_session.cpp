@@ -20,7 +20,10 @@ using tcp = asio::ip::tcp;
 class WebsocketSession : public Session, public std::enable_shared_from_this<WebsocketSession> {
  public:
   WebsocketSession(tcp::socket&& socket, std::string upgrade_request, SessionContext& context)
-      : ws_(std::move(socket)), upgrade_request_(std::move(upgrade_request)), context_(context) {}
+      : ws_(std::move(socket)),
+        upgrade_request_(std::move(upgrade_request)),
+        context_(context),
+        mailbox_(std::make_shared<Mailbox>(ws_.get_executor())) {}
   ~WebsocketSession() override { context_.registry.remove(this); }
 
   void run() {
@@ -44,6 +47,7 @@ class WebsocketSession : public Session, public std::enable_shared_from_this<Web
     // The HTTP session already read the upgrade request: hand its bytes to the handshake.
     ws_.async_accept(asio::buffer(upgrade_request_), [self = shared_from_this()](beast::error_code ec) {
       if (ec) return self->close_now();
+      self->open_ = true;
       self->read();
     });
   }
@@ -101,11 +105,12 @@ class WebsocketSession : public Session, public std::enable_shared_from_this<Web
   void start(const std::string& id, GenerateRequest request) {
     // The serial tells events of this conversation from those of an earlier one with the same id.
     const uint64_t serial = ++serial_;
-    auto post = [gate = context_.gate, executor = ws_.get_executor()](std::function<void()> f) {
-      gate->pass([&] { asio::post(executor, std::move(f)); });
-    };
-    auto listener = [self = shared_from_this(), id, serial, post](const GenerateEvent& event) {
-      post([self, id, serial, event] { self->on_event(id, serial, event); });
+    // The engine may keep the listener past this session's (or the server's) life: it holds the
+    // session weakly and reaches the strand through the mailbox.
+    auto listener = [weak = weak_from_this(), id, serial, post = make_post(context_.gate, mailbox_)](const GenerateEvent& event) {
+      post([weak, id, serial, event] {
+        if (auto self = weak.lock()) self->on_event(id, serial, event);
+      });
     };
     const uint64_t engine_id = context_.api.engine().generate(std::move(request), std::move(listener));
     conversations_[id] = {engine_id, serial};
@@ -153,6 +158,7 @@ class WebsocketSession : public Session, public std::enable_shared_from_this<Web
   // (Beast holds it until then), then drop the connection.
   void close(websocket::close_code code) {
     if (closed_ || closing_) return;
+    if (!open_) return close_now();  // a close frame cannot overtake the handshake
     closing_ = true;
     abort_all();
     ws_.async_close(code, [self = shared_from_this()](beast::error_code) { self->close_now(); });
@@ -176,12 +182,14 @@ class WebsocketSession : public Session, public std::enable_shared_from_this<Web
   websocket::stream<beast::tcp_stream> ws_;
   std::string upgrade_request_;
   SessionContext& context_;
+  std::shared_ptr<Mailbox> mailbox_;
   beast::flat_buffer buffer_;
   std::unordered_map<std::string, Conversation> conversations_;
   uint64_t serial_ = 0;
   std::deque<std::string> outbox_;
   size_t outbox_bytes_ = 0;
   bool writing_ = false;
+  bool open_ = false;  // the handshake is done
   bool closing_ = false;
   bool closed_ = false;
 };

@@ -117,7 +117,9 @@ int serve_command(int argc, char** argv) {
       net::Server server(*client, server_options);
       serving_now = true;
       server.start();
-      std::printf("listening on http://%s:%u\n", host.c_str(), static_cast<unsigned>(server.port()));
+      const bool ipv6 = host.find(':') != std::string::npos;  // URLs bracket IPv6 addresses
+      std::printf("listening on http://%s%s%s:%u\n", ipv6 ? "[" : "", host.c_str(), ipv6 ? "]" : "",
+                  static_cast<unsigned>(server.port()));
       std::fflush(stdout);
       std::unique_lock lock(mutex);
       cv.wait(lock, [&] { return received != 0; });
