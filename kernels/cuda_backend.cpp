@@ -3,6 +3,8 @@
 // only download() and synchronize() wait for the device.
 #include "kernels/cuda_backend.hpp"
 
+#include "kernels/device_memory.hpp"
+
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -81,7 +83,7 @@ void convert_on_host(const void* src, DType src_type, void* dst, DType dst_type,
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  explicit CudaBackend(int device) : device_(device), blocks_(device) {
     bind();
     // Non-blocking: no implicit ordering with the legacy default stream, which other libraries in the
     // process may use.
@@ -119,25 +121,15 @@ class CudaBackend final : public Backend {
       n *= s;
     }
     bind();
-    // Never zero bytes, so that an empty tensor still has a real, freeable pointer.
-    const size_t bytes = std::max<size_t>(static_cast<size_t>(n) * dtype_size(dtype), 16);
-    void* p = nullptr;
-    TROUPE_CUDA_CHECK(cudaMalloc(&p, bytes));
-    // The storage may outlive this backend, so the deleter holds only the device. cudaFree waits for
-    // work still using the memory.
-    std::shared_ptr<void> storage(p, [device = device_](void* q) {
-      int current = device;
-      cudaGetDevice(&current);
-      cudaSetDevice(device);
-      cudaFree(q);
-      cudaSetDevice(current);
-      cudaGetLastError();  // a failure here (e.g. at process exit) must not surface at the next launch
-    });
+    // Never zero bytes, so that an empty tensor still has a real pointer. Blocks come from the cache
+    // (see device_memory.hpp): a freed block is reused by the next allocation on this stream.
+    std::shared_ptr<void> storage = blocks_.get(std::max<size_t>(static_cast<size_t>(n) * dtype_size(dtype), 16));
+    void* p = storage.get();
     return Tensor(p, dtype, std::move(shape), Device::cuda, std::move(storage));
   }
 
-  // Synchronous: when it returns, the host data may be freed and the device holds the values. Fine for
-  // weights; per-step metadata will want a pinned ring buffer instead.
+  // Stream-ordered: when it returns the host data may be freed. Small copies (step metadata) go
+  // through pinned staging without waiting; large ones (weights) wait for their copy.
   void upload(const HostView& src, const Tensor& dst) override {
     require_cuda(dst, "upload");
     require(src.numel() == dst.numel(), "upload",
@@ -153,6 +145,10 @@ class CudaBackend final : public Backend {
       staging.resize(dst.nbytes());
       convert_on_host(src.data, src.dtype, staging.data(), dst.dtype(), static_cast<size_t>(dst.numel()));
       host = staging.data();
+    }
+    if (dst.nbytes() <= staging_.capacity() / 8) {
+      staging_.copy_to_device(dst.data(), host, dst.nbytes(), stream_);
+      return;
     }
     TROUPE_CUDA_CHECK(cudaMemcpyAsync(dst.data(), host, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
     TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -488,6 +484,8 @@ class CudaBackend final : public Backend {
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
+  cuda::BlockCache blocks_;
+  cuda::StagingRing staging_;
   // MoE and scatter scratch: grown on demand, reused afterwards (freed after the destructor's sync).
   cuda::DeviceScratch moe_scratch_;
   cuda::DeviceScratch scatter_scratch_;
