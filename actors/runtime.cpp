@@ -18,6 +18,9 @@
 #include "config/error.hpp"
 #include "config/generation_config.hpp"
 #include "engine/thread_communicator.hpp"
+#ifdef TROUPE_HAVE_CUDA
+#include "kernels/cuda_backend.hpp"
+#endif
 
 namespace troupe {
 namespace {
@@ -166,6 +169,23 @@ void Runtime::Impl::build() {
       }
   }
 
+  // The device: a GPU per worker when there are enough, else (auto) the CPU.
+  int gpus = 0;
+#ifdef TROUPE_HAVE_CUDA
+  gpus = cuda_device_count();
+#endif
+  std::string device = options.device;
+  if (device == "auto") device = gpus > 0 ? "cuda" : "cpu";
+  if (device == "cuda" && gpus < world)
+    throw ConfigError("the layout " + p.name() + " needs " + std::to_string(world) + " GPUs; " +
+                      std::to_string(gpus) + " are visible");
+  if (device == "cuda" && world > 1)
+    throw ConfigError("the layout " + p.name() + " on GPUs needs the NCCL communicator, which this build lacks; "
+                      "run it with --device cpu");
+  if (options.load_format != "auto" && options.load_format != "dummy")
+    throw ConfigError("--load-format: expected auto or dummy, got '" + options.load_format + "'");
+  log("device " + device + (device == "cuda" ? " (" + std::to_string(gpus) + " visible)" : ""));
+
   // Workers: load every shard in parallel, then size the KV cache.
   const int wanted_len = options.max_model_len > 0 ? options.max_model_len : config.max_position_embeddings;
   for (int d = 0; d < dp; ++d)
@@ -184,8 +204,12 @@ void Runtime::Impl::build() {
           for (Communicator* c : mine) abort_group(*c, why);
         };
         spec.model_dir = options.model_dir;
-        spec.device = options.device;
-        spec.device_index = r;
+        spec.device = device;
+        spec.device_index = gpus > 0 ? r % gpus : 0;
+        spec.dummy_weights = options.load_format == "dummy";
+        spec.gpu_memory_utilization = options.gpu_memory_utilization;
+        spec.max_batched_tokens = options.max_num_batched_tokens;
+        spec.max_seqs = options.max_num_seqs;
         spec.max_positions = wanted_len;
         spec.trace = trace.get();
         spec.expert_shards = stage_shards[s];
@@ -217,8 +241,11 @@ void Runtime::Impl::build() {
     int64_t n = INT32_MAX;
     for (int s = 0; s < pp; ++s)
       for (int t = 0; t < tp; ++t) {
-        const int64_t per_block = infos[p.rank(d, s, t)].kv_bytes_per_block * options.block_size;
-        const int64_t budget = options.kv_cache_memory > 0 ? options.kv_cache_memory : kDefaultCpuKvBytes;
+        const WorkerInfo& info = infos[p.rank(d, s, t)];
+        const int64_t per_block = info.kv_bytes_per_block * options.block_size;
+        const int64_t budget = options.kv_cache_memory > 0 ? options.kv_cache_memory
+                               : info.kv_budget_bytes >= 0 ? info.kv_budget_bytes
+                                                           : kDefaultCpuKvBytes;
         n = std::min<int64_t>(n, per_block > 0 ? budget / per_block : INT32_MAX);
       }
     blocks[d] = options.num_blocks_override > 0 ? options.num_blocks_override : static_cast<int>(n);

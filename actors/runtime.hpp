@@ -23,9 +23,12 @@ struct RuntimeOptions {
   std::filesystem::path model_dir;
   std::string model_name;  // the model_name label of the metrics; default: the directory's name
   ParallelConfig parallel;
-  std::string device = "cpu";
+  std::string device = "auto";  // cuda when a GPU is visible, else cpu
+  std::string load_format = "auto";  // or "dummy": random weights from config.json alone (vLLM's name)
+  double gpu_memory_utilization = 0.9;  // share of each GPU's memory troupe may use (weights, KV, work)
   int block_size = 16;
-  int64_t kv_cache_memory = 0;   // bytes of KV cache per worker; 0: 256 MiB on the CPU
+  int64_t kv_cache_memory = 0;   // bytes of KV cache per worker; 0: 256 MiB on the CPU, else from
+                                 // --gpu-memory-utilization once weights are loaded
   int num_blocks_override = 0;   // vLLM's --num-gpu-blocks-override: exactly this many blocks
   bool enable_prefix_caching = true;
   int max_num_seqs = 256;

@@ -3,6 +3,7 @@
 #include "actors/metrics.hpp"
 #include "engine/timed_communicator.hpp"
 
+#include <optional>
 #include <sstream>
 
 #include "config/model_config.hpp"
@@ -10,6 +11,7 @@
 #include "engine/model_runner.hpp"
 #ifdef TROUPE_HAVE_CUDA
 #include "kernels/cuda_backend.hpp"
+#include "kernels/gpu_logits_sampler.hpp"
 #endif
 
 namespace troupe {
@@ -64,7 +66,8 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
         WorkerSpec& sp = self->state.spec;
         try {
           ModelConfig config = load_model_config(sp.model_dir);
-          WeightFiles files = WeightFiles::open(sp.model_dir);
+          std::optional<WeightFiles> files;
+          if (!sp.dummy_weights) files.emplace(WeightFiles::open(sp.model_dir));
           auto backend = make_backend(sp.device, sp.device_index);
           ShardComms comms = sp.comms;
           for (Communicator** c : {&comms.tp, &comms.moe, &comms.prev, &comms.next}) {
@@ -72,9 +75,25 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
             self->state.timed.push_back(std::make_unique<TimedCommunicator>(**c, self->state.times));
             *c = self->state.timed.back().get();
           }
-          auto model = std::make_unique<Model>(config, files, *backend, sp.max_positions, LoadProgress{}, sp.shard, comms);
-          WorkerInfo info{sp.rank, model->weight_bytes(), 0, describe(*model, sp)};
-          self->state.runner = std::make_unique<ModelRunner>(std::move(backend), std::move(model));
+          auto model = std::make_unique<Model>(config, files ? &*files : nullptr, *backend, sp.max_positions,
+                                               LoadProgress{}, sp.shard, comms);
+          WorkerInfo info{sp.rank, model->weight_bytes(), 0, -1, describe(*model, sp)};
+          std::unique_ptr<LogitsSampler> sampler;
+#ifdef TROUPE_HAVE_CUDA
+          if (sp.device == "cuda" && model->shard().last_stage() && model->shard().tp_rank == 0)
+            sampler = make_gpu_logits_sampler(*backend, config.vocab_size, 64);
+#endif
+          auto [free, total] = backend->memory();
+          if (total > 0) {
+            // What is left of this process's share after the weights, less a reserve for activations
+            // and logits of the largest step (vLLM profiles this; an estimate is enough to size KV).
+            const int64_t used = total - free;
+            const int64_t reserve = (int64_t{1} << 30) +
+                                    int64_t{sp.max_batched_tokens} * (16 * config.hidden_size + 4 * config.intermediate_size) * 2 +
+                                    int64_t{sp.max_seqs} * config.vocab_size * 8;
+            info.kv_budget_bytes = std::max<int64_t>(0, static_cast<int64_t>(total * sp.gpu_memory_utilization) - used - reserve);
+          }
+          self->state.runner = std::make_unique<ModelRunner>(std::move(backend), std::move(model), std::move(sampler));
           info.kv_bytes_per_block = self->state.runner->kv_bytes_per_block(1);
           return info;
         } catch (const std::exception& e) {

@@ -23,6 +23,10 @@ struct WorkerSpec {
   std::string device = "cpu";
   int device_index = 0;
   int max_positions = 0;
+  bool dummy_weights = false;
+  double gpu_memory_utilization = 0.9;
+  int max_batched_tokens = 2048;  // sizes the activation reserve kept out of the KV budget
+  int max_seqs = 256;
   TraceRecorder* trace = nullptr;  // may be null
   std::vector<caf::actor> expert_shards;  // of this stage; each step's routing counts go to all of them
   caf::actor metrics;
@@ -33,6 +37,7 @@ struct WorkerInfo {
   int rank = 0;
   uint64_t weight_bytes = 0;
   int64_t kv_bytes_per_block = 0;
+  int64_t kv_budget_bytes = -1;  // device memory left for the KV cache; -1 where unknown (the CPU)
   std::string description;  // the start-up line: layers, heads, experts, bytes
 };
 

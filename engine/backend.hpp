@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "engine/tensor.hpp"
@@ -67,6 +68,11 @@ class Backend {
   // Copies src into host memory as f32 (floating tensors) or as is (integer tensors).
   virtual void download(const Tensor& src, void* dst) = 0;
   virtual void synchronize() = 0;
+  // Free and total bytes of the device's memory; {0, 0} where there is no such limit (the CPU).
+  virtual std::pair<int64_t, int64_t> memory() const { return {0, 0}; }
+  // Fills a floating tensor with deterministic pseudo-random values of mean `mean` and standard
+  // deviation `std` (dummy weights: the shapes of a real model without its files).
+  virtual void fill_random(const Tensor& t, uint64_t seed, float mean, float std) = 0;
 
   // out[t] = table[ids[t]], or a row of zeros where ids[t] < 0 (a token whose embedding row lives on
   // another tensor-parallel rank); also gathers rows of activations.

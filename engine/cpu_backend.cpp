@@ -33,6 +33,18 @@ float dot(const float* a, const float* b, int64_t n) {
 
 float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
+// An approximately normal value with unit variance from a counter: four 16-bit uniforms of one
+// splitmix64 draw, summed and centred (the same recipe the CUDA backend's dummy weights use).
+float unit_normal(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  float sum = 0.0f;
+  for (int k = 0; k < 4; ++k) sum += static_cast<float>((z >> (16 * k)) & 0xFFFF) / 65536.0f;
+  return (sum - 2.0f) * 1.7320508f;
+}
+
 void rms_norm_row(const float* x, const float* w, float eps, int64_t n, float* out) {
   float ss = dot(x, x, n);
   float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
@@ -85,6 +97,12 @@ class CpuBackend final : public Backend {
   }
 
   void synchronize() override {}
+
+  void fill_random(const Tensor& t, uint64_t seed, float mean, float std) override {
+    require_f32(t, "fill_random");
+    float* p = t.as<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = mean + std * unit_normal(seed, static_cast<uint64_t>(i));
+  }
 
   void embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {
     require_f32(table, "embedding");

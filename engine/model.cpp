@@ -58,11 +58,35 @@ struct ShardPlan {
 // shape against what the config implies.
 class Loader {
  public:
-  Loader(const WeightFiles& files, Backend& backend, const LoadProgress& progress)
-      : files_(files), backend_(backend), progress_(progress), total_(files.total_bytes()) {}
+  // `files` null: dummy weights (see Model's constructor).
+  Loader(const WeightFiles* files, Backend& backend, const LoadProgress& progress, int num_layers)
+      : files_(files), backend_(backend), progress_(progress), total_(files ? files->total_bytes() : 0),
+        num_layers_(num_layers) {}
 
   Backend& backend() { return backend_; }
   uint64_t allocated() const { return allocated_; }
+
+  // The model maker's scales: norms around 1, biases small, embeddings and heads 1/sqrt(hidden),
+  // projections 1/sqrt(fan-in) (output projections also 1/sqrt(2 layers)).
+  void fill_dummy(const std::string& name, const std::vector<int64_t>& shape, const Tensor& dst) {
+    uint64_t seed = 1469598103934665603ull;
+    for (char c : name) seed = (seed ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    auto ends = [&](const char* suffix) {
+      const std::string s(suffix);
+      return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+    };
+    float mean = 0.0f, std = 0.1f;
+    if (ends("norm.weight")) {
+      mean = 1.0f;
+    } else if (!ends(".bias")) {
+      std = 1.0f / std::sqrt(static_cast<float>(shape.back()));
+      if (ends("o_proj.weight") || ends("down_proj.weight") || ends("w2.weight"))
+        std /= std::sqrt(2.0f * static_cast<float>(num_layers_));
+    }
+    backend_.fill_random(dst, seed, mean, std);
+    done_ += dst.nbytes();
+    if (progress_) progress_(done_, total_);
+  }
 
   Tensor allocate(std::vector<int64_t> shape) {
     Tensor t = backend_.allocate(std::move(shape), backend_.compute_dtype());
@@ -73,7 +97,11 @@ class Loader {
   // Rows `rows` (all when empty) and columns `cols` (all when empty) of the named tensor into dst.
   void put(const std::string& name, const std::vector<int64_t>& full_shape, const Tensor& dst, Span rows = {},
            Span cols = {}) {
-    HostView v = files_.get(name);
+    if (!files_) {
+      fill_dummy(name, full_shape, dst);
+      return;
+    }
+    HostView v = files_->get(name);
     if (v.shape != full_shape)
       throw WeightError("tensor '" + name + "' has shape " + shape_text(v.shape) + " but the config implies " +
                         shape_text(full_shape));
@@ -105,12 +133,13 @@ class Loader {
   }
 
  private:
-  const WeightFiles& files_;
+  const WeightFiles* files_;
   Backend& backend_;
   const LoadProgress& progress_;
   uint64_t done_ = 0;
   uint64_t total_ = 0;
   uint64_t allocated_ = 0;
+  int num_layers_ = 1;
   std::vector<char> staging_;
 };
 
@@ -189,6 +218,10 @@ struct Model::Weights {
 
 Model::Model(ModelConfig config, const WeightFiles& files, Backend& backend, int max_positions,
              const LoadProgress& progress, ModelShard shard, ShardComms comms)
+    : Model(std::move(config), &files, backend, max_positions, progress, shard, comms) {}
+
+Model::Model(ModelConfig config, const WeightFiles* files, Backend& backend, int max_positions,
+             const LoadProgress& progress, ModelShard shard, ShardComms comms)
     : config_(std::move(config)),
       shard_(shard),
       comms_(comms),
@@ -198,7 +231,7 @@ Model::Model(ModelConfig config, const WeightFiles& files, Backend& backend, int
       weights_(std::make_unique<Weights>(ShardPlan(config_, shard))),
       inputs_(backend) {
   const ModelConfig& c = config_;
-  Loader load(files, backend, progress);
+  Loader load(files, backend, progress, config_.num_layers);
   Weights& w = *weights_;
   const ShardPlan& plan = w.plan;
   const int64_t h = c.hidden_size, d = c.head_dim;

@@ -59,6 +59,10 @@ class Model {
   // max_position_embeddings. The default shard is the whole model on one rank.
   Model(ModelConfig config, const WeightFiles& weights, Backend& backend, int max_positions = 0,
         const LoadProgress& progress = {}, ModelShard shard = {}, ShardComms comms = {});
+  // With `weights` null, vLLM's --load-format dummy: random weights, scaled like the model maker's,
+  // generated on the device from the config alone (no file is read).
+  Model(ModelConfig config, const WeightFiles* weights, Backend& backend, int max_positions,
+        const LoadProgress& progress, ModelShard shard, ShardComms comms);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;

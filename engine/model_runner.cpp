@@ -5,8 +5,11 @@
 
 namespace troupe {
 
-ModelRunner::ModelRunner(std::unique_ptr<Backend> backend, std::unique_ptr<Model> model)
-    : backend_(std::move(backend)), model_(std::move(model)) {}
+ModelRunner::ModelRunner(std::unique_ptr<Backend> backend, std::unique_ptr<Model> model,
+                         std::unique_ptr<LogitsSampler> sampler)
+    : backend_(std::move(backend)), model_(std::move(model)), sampler_(std::move(sampler)) {
+  if (!sampler_) sampler_ = make_host_logits_sampler(*backend_, model_->config().vocab_size);
+}
 
 ModelRunner::~ModelRunner() = default;
 
@@ -24,7 +27,10 @@ StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
   StepResult result;
   result.micro_batch = plan.micro_batch;
   if (samples()) {
-    for (SeqId id : plan.released) samplers_.erase(id);
+    for (SeqId id : plan.released) {
+      samplers_.erase(id);
+      sampler_->release(id);
+    }
     for (const NewSequence& s : plan.new_seqs) samplers_.try_emplace(s.id, s.params, s.prompt, s.eos_token_ids);
   }
   Tensor hidden;
@@ -33,26 +39,28 @@ StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
   if (!plan.batch.embed_indices.empty()) pool(plan, hidden, result);
   if (plan.batch.logits_indices.empty()) return result;
 
-  const int vocab = model_->config().vocab_size;
-  const size_t rows = plan.batch.logits_indices.size();
-  logits_.resize(rows * vocab);
-  backend_->download(logits, logits_.data());
-  SampleResult sampled;
-  size_t row = 0;
+  row_seqs_.clear();
+  row_samplers_.clear();
+  bool any_logprobs = false;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     if (!plan.samples[i]) continue;
     auto it = samplers_.find(plan.seqs[i]);
     if (it == samplers_.end()) throw std::logic_error("no sampler for sequence " + std::to_string(plan.seqs[i]));
-    SequenceSampler& sampler = it->second;
-    const bool want_logprobs = sampler.params().logprobs.has_value();
-    const int32_t token = sampler.sample(std::span(logits_).subspan(row * vocab, vocab), want_logprobs ? &sampled : nullptr);
-    SampledToken out{plan.seqs[i], token, sampler.accept(token), 0.0f, {}};
-    if (want_logprobs) {
-      out.logprob = sampled.logprob;
-      out.top = sampled.top;
+    row_seqs_.push_back(plan.seqs[i]);
+    row_samplers_.push_back(&it->second);
+    any_logprobs = any_logprobs || it->second.params().logprobs.has_value();
+  }
+  row_tokens_.resize(row_seqs_.size());
+  row_results_.resize(any_logprobs ? row_seqs_.size() : 0);
+  sampler_->sample(logits, row_seqs_, row_samplers_, row_tokens_, row_results_);
+  for (size_t r = 0; r < row_seqs_.size(); ++r) {
+    SequenceSampler& sampler = *row_samplers_[r];
+    SampledToken out{row_seqs_[r], row_tokens_[r], sampler.accept(row_tokens_[r]), 0.0f, {}};
+    if (sampler.params().logprobs) {
+      out.logprob = row_results_[r].logprob;
+      out.top = row_results_[r].top;
     }
     result.tokens.push_back(std::move(out));
-    ++row;
   }
   return result;
 }

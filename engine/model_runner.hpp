@@ -6,6 +6,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "engine/logits_sampler.hpp"
 #include "engine/model.hpp"
 #include "engine/step_plan.hpp"
 
@@ -13,8 +14,9 @@ namespace troupe {
 
 class ModelRunner {
  public:
-  // `model` must use `backend`. The runner owns both.
-  ModelRunner(std::unique_ptr<Backend> backend, std::unique_ptr<Model> model);
+  // `model` must use `backend`. The runner owns both. `sampler` null: sampling on the host.
+  ModelRunner(std::unique_ptr<Backend> backend, std::unique_ptr<Model> model,
+              std::unique_ptr<LogitsSampler> sampler = nullptr);
   ~ModelRunner();
 
   Model& model() { return *model_; }
@@ -37,10 +39,14 @@ class ModelRunner {
   // Pools the hidden states of the plan's embedding sequences into result.embeddings.
   void pool(const StepPlan& plan, const Tensor& hidden, StepResult& result);
 
+  std::unique_ptr<LogitsSampler> sampler_;
   std::unordered_map<SeqId, SequenceSampler> samplers_;
+  std::vector<SeqId> row_seqs_;
+  std::vector<SequenceSampler*> row_samplers_;
+  std::vector<int32_t> row_tokens_;
+  std::vector<SampleResult> row_results_;
   // Mean pooling across the chunks of a long prompt: the running sum and the rows seen.
   std::unordered_map<SeqId, std::pair<std::vector<double>, int>> mean_sums_;
-  std::vector<float> logits_;
 };
 
 }  // namespace troupe

@@ -305,6 +305,11 @@ void SequenceSampler::apply_penalties(std::span<float> logits) const {
   }
 }
 
+std::span<const int32_t> SequenceSampler::masked_now() const {
+  if (num_output_ >= params_.min_tokens) return {};
+  return stop_ids_;
+}
+
 int32_t SequenceSampler::sample(std::span<const float> raw, SampleResult* result) {
   auto& work = workspace.logits;
   work.assign(raw.begin(), raw.end());

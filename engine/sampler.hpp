@@ -114,6 +114,14 @@ class SequenceSampler {
   // Whether `token` is one of this sequence's stop tokens (stop_token_ids, plus EOS unless ignored).
   bool is_stop_token(int32_t token) const;
 
+  // For a sampler that runs elsewhere (the GPU): the uniform sample() would draw now (advancing the
+  // stream; call it exactly when sample() would: once per non-greedy step), and the ids
+  // apply_min_tokens masks now (empty once min_tokens are out).
+  double draw_uniform() { return rng_.uniform(); }
+  std::span<const int32_t> masked_now() const;
+  // The prompt's distinct tokens (kept only when penalties are on): the repetition penalty's set.
+  std::span<const int32_t> prompt_tokens() const { return prompt_; }
+
   // The steps sample() applies to raw logits, exposed so tests and the GPU sampler can compare.
   // Stop tokens → -inf while fewer than min_tokens have been accepted.
   void apply_min_tokens(std::span<float> logits) const;

@@ -4,6 +4,7 @@
 #include "kernels/cuda_backend.hpp"
 
 #include "kernels/device_memory.hpp"
+#include "kernels/random_fill.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -172,6 +173,20 @@ class CudaBackend final : public Backend {
   void synchronize() override {
     bind();
     TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  std::pair<int64_t, int64_t> memory() const override {
+    bind();
+    size_t free = 0, total = 0;
+    TROUPE_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    // Blocks idle in our cache are ours to reuse: count them as free.
+    return {static_cast<int64_t>(free + blocks_.idle_bytes()), static_cast<int64_t>(total)};
+  }
+
+  void fill_random(const Tensor& t, uint64_t seed, float mean, float std) override {
+    require_cuda(t, "fill_random");
+    bind();
+    cuda::launch_random_fill(t.data(), t.dtype(), t.numel(), seed, mean, std, stream_);
   }
 
   void embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {

@@ -7,6 +7,7 @@ namespace troupe {
 int make_model_command(int argc, char** argv);
 int generate_command(int argc, char** argv);
 int tokenize_command(int argc, char** argv);
+int bench_command(int argc, char** argv);
 int serve_command(int argc, char** argv);
 
 }  // namespace troupe

@@ -38,7 +38,10 @@ EngineFlags::EngineFlags() {
       ("data-parallel-size", po::value(&o_.parallel.data_parallel_size), "data-parallel replicas (default 1)")
       ("enable-expert-parallel", po::bool_switch(&o_.parallel.enable_expert_parallel),
        "place whole experts over the tensor x data parallel ranks instead of slicing every expert")
-      ("device", po::value(&o_.device), "cpu or cuda (default cpu)")
+      ("device", po::value(&o_.device), "auto, cpu or cuda (default auto: cuda when a GPU is visible)")
+      ("load-format", po::value(&o_.load_format), "auto (the model's safetensors) or dummy (random weights from config.json)")
+      ("gpu-memory-utilization", po::value(&o_.gpu_memory_utilization),
+       "share of each GPU's memory for weights, KV cache and activations (default 0.9)")
       ("block-size", po::value(&o_.block_size), "tokens per KV cache block (default 16)")
       ("kv-cache-memory", po::value(&kv_cache_memory_), "KV cache bytes per worker, e.g. 512MiB (default 256MiB on the CPU)")
       ("num-gpu-blocks-override", po::value(&o_.num_blocks_override), "exactly this many KV blocks per worker")
@@ -59,7 +62,12 @@ RuntimeOptions EngineFlags::runtime_options(const std::string& model_dir) const 
     throw ConfigError("--enable-prefix-caching and --no-enable-prefix-caching contradict each other");
   o.enable_prefix_caching = !no_prefix_caching_;
   if (!kv_cache_memory_.empty()) o.kv_cache_memory = parse_bytes(kv_cache_memory_, "kv-cache-memory");
-  if (o.device != "cpu" && o.device != "cuda") throw ConfigError("--device: expected cpu or cuda, got '" + o.device + "'");
+  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda")
+    throw ConfigError("--device: expected auto, cpu or cuda, got '" + o.device + "'");
+  if (o.load_format != "auto" && o.load_format != "dummy")
+    throw ConfigError("--load-format: expected auto or dummy, got '" + o.load_format + "'");
+  if (!(o.gpu_memory_utilization > 0 && o.gpu_memory_utilization <= 1))
+    throw ConfigError("--gpu-memory-utilization must be in (0, 1], got " + std::to_string(o.gpu_memory_utilization));
   auto at_least = [](int v, int min, const char* flag) {
     if (v < min) throw ConfigError(std::string("--") + flag + " must be at least " + std::to_string(min) + ", got " + std::to_string(v));
   };
