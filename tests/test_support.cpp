@@ -3,12 +3,22 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include "tools/model_maker.hpp"
 
 namespace troupe::test {
 
-std::filesystem::path source_dir() { return TROUPE_SOURCE_DIR; }
-std::filesystem::path binary_dir() { return TROUPE_BINARY_DIR; }
+// The trees this program was built from; the environment may say otherwise (a test program copied
+// to the GPU machine, where the source tree sits elsewhere and the build tree does not exist).
+std::filesystem::path source_dir() {
+  const char* env = std::getenv("TROUPE_SOURCE_DIR");
+  return env ? env : TROUPE_SOURCE_DIR;
+}
+std::filesystem::path binary_dir() {
+  const char* env = std::getenv("TROUPE_BINARY_DIR");
+  return env ? env : TROUPE_BINARY_DIR;
+}
 
 std::filesystem::path scratch_dir(const std::string& tag) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();

