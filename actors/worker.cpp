@@ -101,7 +101,8 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
         }
       },
       [=](atoms::allocate, int num_blocks, int block_size) {
-        self->state.runner->allocate_kv_cache(num_blocks, block_size);
+        self->state.runner->allocate_kv_cache(num_blocks, block_size, self->state.spec.max_batched_tokens,
+                                              self->state.spec.max_seqs);
         return num_blocks;
       },
       [=](atoms::run, const PlanPtr& plan) -> StepResult {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -70,6 +71,12 @@ class Backend {
   virtual void synchronize() = 0;
   // Free and total bytes of the device's memory; {0, 0} where there is no such limit (the CPU).
   virtual std::pair<int64_t, int64_t> memory() const { return {0, 0}; }
+  // Graph capture (CUDA graphs): the ops called between begin_capture() and end_capture() are
+  // recorded instead of run, and replay() runs them again, on the same memory, as one launch. A
+  // backend without graphs returns false from begin_capture() and nothing is recorded.
+  virtual bool begin_capture() { return false; }
+  virtual std::shared_ptr<void> end_capture() { return nullptr; }
+  virtual void replay(const std::shared_ptr<void>& graph) { (void)graph; }
   // Fills a floating tensor with deterministic pseudo-random values of mean `mean` and standard
   // deviation `std` (dummy weights: the shapes of a real model without its files).
   virtual void fill_random(const Tensor& t, uint64_t seed, float mean, float std) = 0;

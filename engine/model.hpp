@@ -94,6 +94,7 @@ class Model {
   Tensor run(const KvCache& cache, const ForwardHooks& hooks = {}, Tensor* hidden = nullptr);
   // Sizes the input buffers for the largest batch to come.
   void reserve_inputs(int tokens, int seqs, int blocks_per_seq) { inputs_.reserve(tokens, seqs, blocks_per_seq); }
+  StepInputBuffers& inputs() { return inputs_; }
 
  private:
   struct Weights;

@@ -19,8 +19,11 @@ int64_t ModelRunner::kv_bytes_per_block(int block_size) const {
          static_cast<int64_t>(dtype_size(backend_->compute_dtype()));
 }
 
-void ModelRunner::allocate_kv_cache(int num_blocks, int block_size) {
+void ModelRunner::allocate_kv_cache(int num_blocks, int block_size, int max_batched_tokens, int max_seqs) {
   cache_ = model_->allocate_kv_cache(num_blocks, block_size);
+  const int blocks_per_seq = (model_->max_positions() + block_size - 1) / block_size;
+  model_->reserve_inputs(std::max(max_batched_tokens, 256), std::max(max_seqs, 256), blocks_per_seq);
+  if (backend_->device() == Device::cuda) graphs_ = std::make_unique<DecodeGraphs>(*model_, model_->max_positions());
 }
 
 StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
@@ -34,7 +37,10 @@ StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
     for (const NewSequence& s : plan.new_seqs) samplers_.try_emplace(s.id, s.params, s.prompt, s.eos_token_ids);
   }
   Tensor hidden;
-  Tensor logits = model_->forward(plan.batch, cache_, hooks, &hidden);
+  std::optional<Tensor> graphed;
+  // Hooks read results on the host mid-step, which a captured graph cannot do.
+  if (graphs_ && !hooks.span && !hooks.routing) graphed = graphs_->forward(plan.batch, cache_);
+  Tensor logits = graphed ? *graphed : model_->forward(plan.batch, cache_, hooks, &hidden);
   if (!samples()) return result;
   if (!plan.batch.embed_indices.empty()) pool(plan, hidden, result);
   if (plan.batch.logits_indices.empty()) return result;

@@ -6,6 +6,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "engine/decode_graphs.hpp"
 #include "engine/logits_sampler.hpp"
 #include "engine/model.hpp"
 #include "engine/step_plan.hpp"
@@ -26,7 +27,9 @@ class ModelRunner {
 
   // Bytes one KV block takes on this rank (k and v of its layers and kv heads).
   int64_t kv_bytes_per_block(int block_size) const;
-  void allocate_kv_cache(int num_blocks, int block_size);
+  // Also sizes the model's input buffers for `max_batched_tokens` (so decode graphs, once captured,
+  // stay valid).
+  void allocate_kv_cache(int num_blocks, int block_size, int max_batched_tokens = 0, int max_seqs = 0);
   int num_blocks() const { return cache_.num_blocks; }
 
   // Runs the plan's batch. The result carries sampled tokens on the sampling rank, nothing elsewhere.
@@ -40,6 +43,7 @@ class ModelRunner {
   void pool(const StepPlan& plan, const Tensor& hidden, StepResult& result);
 
   std::unique_ptr<LogitsSampler> sampler_;
+  std::unique_ptr<DecodeGraphs> graphs_;  // decode steps as CUDA graphs where the backend has them
   std::unordered_map<SeqId, SequenceSampler> samplers_;
   std::vector<SeqId> row_seqs_;
   std::vector<SequenceSampler*> row_samplers_;

@@ -11,6 +11,7 @@ Tensor view(const Tensor& buffer, int64_t n) { return buffer.rows(0, n); }
 
 void StepInputBuffers::reserve(int tokens, int seqs, int blocks_per_seq) {
   if (tokens <= tokens_ && seqs <= seqs_ && blocks_per_seq <= blocks_) return;
+  ++generation_;
   tokens_ = std::max({tokens, tokens_, 1});
   seqs_ = std::max({seqs, seqs_, 1});
   blocks_ = std::max({blocks_per_seq, blocks_, 1});

@@ -31,12 +31,18 @@ class StepInputBuffers {
   const StepInputs& current() const { return inputs_; }
   // Grows the buffers to hold at least this much, so later prepare() calls never allocate.
   void reserve(int tokens, int seqs, int blocks_per_seq);
+  // Counts reallocations: a graph captured on the buffers is stale once it changes.
+  uint64_t generation() const { return generation_; }
+  // Claims a longer context than the batch has, for a graph that must serve longer ones (the decode
+  // attention's split count is fixed at capture).
+  void set_max_context_len(int n) { inputs_.meta.max_context_len = n; }
 
  private:
   Backend& backend_;
   int tokens_ = 0, seqs_ = 0, blocks_ = 0;
   Tensor token_ids_, positions_, slots_, query_start_, context_lens_, block_tables_, logits_, embeds_;
   std::vector<int32_t> staging_;
+  uint64_t generation_ = 0;
   StepInputs inputs_;
 };
 

@@ -126,6 +126,8 @@ class CudaBackend final : public Backend {
     // (see device_memory.hpp): a freed block is reused by the next allocation on this stream.
     std::shared_ptr<void> storage = blocks_.get(std::max<size_t>(static_cast<size_t>(n) * dtype_size(dtype), 16));
     void* p = storage.get();
+    // A graph replays on the memory it was captured with: that memory stays the graph's.
+    if (capturing_) captured_.push_back(storage);
     return Tensor(p, dtype, std::move(shape), Device::cuda, std::move(storage));
   }
 
@@ -181,6 +183,35 @@ class CudaBackend final : public Backend {
     TROUPE_CUDA_CHECK(cudaMemGetInfo(&free, &total));
     // Blocks idle in our cache are ours to reuse: count them as free.
     return {static_cast<int64_t>(free + blocks_.idle_bytes()), static_cast<int64_t>(total)};
+  }
+
+  bool begin_capture() override {
+    bind();
+    // Relaxed: a first use of a size class may still cudaMalloc inside the capture.
+    TROUPE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    capturing_ = true;
+    captured_.clear();
+    return true;
+  }
+
+  std::shared_ptr<void> end_capture() override {
+    bind();
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    TROUPE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    TROUPE_CUDA_CHECK(err);
+    return std::shared_ptr<void>(exec, [blocks = std::move(captured_)](void* e) {
+      cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(e));
+      cudaGetLastError();
+    });
+  }
+
+  void replay(const std::shared_ptr<void>& graph) override {
+    bind();
+    TROUPE_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph.get()), stream_));
   }
 
   void fill_random(const Tensor& t, uint64_t seed, float mean, float std) override {
@@ -501,6 +532,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Gemm> gemm_;
   cuda::BlockCache blocks_;
   cuda::StagingRing staging_;
+  bool capturing_ = false;
+  std::vector<std::shared_ptr<void>> captured_;  // blocks allocated during the capture under way
   // MoE and scatter scratch: grown on demand, reused afterwards (freed after the destructor's sync).
   cuda::DeviceScratch moe_scratch_;
   cuda::DeviceScratch scatter_scratch_;
