@@ -116,6 +116,14 @@ TEST(ServeEngine, OfficialClientsTalkToTheRealEngine) {
   const std::string base = "http://127.0.0.1:" + std::to_string(s.port);
   EXPECT_EQ(run_node("openai_client.mjs", base + "/v1", dir / "openai.log"), 0) << slurp(dir / "openai.log");
   EXPECT_EQ(run_node("ws_client.mjs", base, dir / "ws.log"), 0) << slurp(dir / "ws.log");
+  // The ws client cancelled a conversation mid-stream and closed its socket: nothing may stay held.
+  double usage = -1;
+  for (int tries = 0; tries < 100 && usage != 0; ++tries) {
+    usage = metric(s.port, "troupe:kv_cache_usage_perc");
+    if (usage != 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(usage, 0);
+  EXPECT_EQ(metric(s.port, "troupe:num_requests_running"), 0);
 }
 
 TEST(ServeEngine, SixtyFourConcurrentStreamsEqualTheirSoloRunsWithExactUsage) {
