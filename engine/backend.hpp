@@ -53,6 +53,15 @@ struct RopeTable {
   Tensor sin;
 };
 
+// Where a tensor sits in the whole tensor it was cut from: element i (row-major in the slice) is
+// element first + (i / cols) * stride + i % cols of the whole. The default is the whole tensor.
+struct RandomWindow {
+  int64_t first = 0;
+  int64_t cols = INT64_MAX;  // the slice's row length (its last dimension)
+  int64_t stride = 0;        // the whole tensor's row length
+  int64_t index(int64_t i) const { return cols == INT64_MAX ? first + i : first + (i / cols) * stride + i % cols; }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -78,8 +87,10 @@ class Backend {
   virtual std::shared_ptr<void> end_capture() { return nullptr; }
   virtual void replay(const std::shared_ptr<void>& graph) { (void)graph; }
   // Fills a floating tensor with deterministic pseudo-random values of mean `mean` and standard
-  // deviation `std` (dummy weights: the shapes of a real model without its files).
-  virtual void fill_random(const Tensor& t, uint64_t seed, float mean, float std) = 0;
+  // deviation `std` (dummy weights: the shapes of a real model without its files). Element i's value
+  // comes from counter window.index(i): `t` may be a slice of a larger tensor, and each element gets
+  // the value it has in the whole one, so every parallel layout holds the same dummy model.
+  virtual void fill_random(const Tensor& t, uint64_t seed, float mean, float std, RandomWindow window = {}) = 0;
 
   // out[t] = table[ids[t]], or a row of zeros where ids[t] < 0 (a token whose embedding row lives on
   // another tensor-parallel rank); also gathers rows of activations.

@@ -98,10 +98,11 @@ class CpuBackend final : public Backend {
 
   void synchronize() override {}
 
-  void fill_random(const Tensor& t, uint64_t seed, float mean, float std) override {
+  void fill_random(const Tensor& t, uint64_t seed, float mean, float std, RandomWindow window) override {
     require_f32(t, "fill_random");
     float* p = t.as<float>();
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = mean + std * unit_normal(seed, static_cast<uint64_t>(i));
+    for (int64_t i = 0; i < t.numel(); ++i)
+      p[i] = mean + std * unit_normal(seed, static_cast<uint64_t>(window.index(i)));
   }
 
   void embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {

@@ -68,7 +68,7 @@ class Loader {
 
   // The model maker's scales: norms around 1, biases small, embeddings and heads 1/sqrt(hidden),
   // projections 1/sqrt(fan-in) (output projections also 1/sqrt(2 layers)).
-  void fill_dummy(const std::string& name, const std::vector<int64_t>& shape, const Tensor& dst) {
+  void fill_dummy(const std::string& name, const std::vector<int64_t>& shape, const Tensor& dst, Span rows, Span cols) {
     uint64_t seed = 1469598103934665603ull;
     for (char c : name) seed = (seed ^ static_cast<unsigned char>(c)) * 1099511628211ull;
     auto ends = [&](const char* suffix) {
@@ -83,7 +83,18 @@ class Loader {
       if (ends("o_proj.weight") || ends("down_proj.weight") || ends("w2.weight"))
         std /= std::sqrt(2.0f * static_cast<float>(num_layers_));
     }
-    backend_.fill_random(dst, seed, mean, std);
+    // The slice's place in the whole tensor, so that each rank's slice of a dummy model is the slice
+    // of one model, whatever the layout.
+    int64_t row_elems = 1;
+    for (size_t d = 1; d < shape.size(); ++d) row_elems *= shape[d];
+    RandomWindow window;
+    window.first = (rows.size() > 0 ? rows.begin : 0) * row_elems;
+    if (cols.size() > 0 && cols.size() != shape.back()) {
+      window.first += cols.begin;
+      window.cols = cols.size();
+      window.stride = shape.back();
+    }
+    backend_.fill_random(dst, seed, mean, std, window);
     done_ += dst.nbytes();
     if (progress_) progress_(done_, total_);
   }
@@ -98,7 +109,7 @@ class Loader {
   void put(const std::string& name, const std::vector<int64_t>& full_shape, const Tensor& dst, Span rows = {},
            Span cols = {}) {
     if (!files_) {
-      fill_dummy(name, full_shape, dst);
+      fill_dummy(name, full_shape, dst, rows, cols);
       return;
     }
     HostView v = files_->get(name);

@@ -214,10 +214,10 @@ class CudaBackend final : public Backend {
     TROUPE_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph.get()), stream_));
   }
 
-  void fill_random(const Tensor& t, uint64_t seed, float mean, float std) override {
+  void fill_random(const Tensor& t, uint64_t seed, float mean, float std, RandomWindow window) override {
     require_cuda(t, "fill_random");
     bind();
-    cuda::launch_random_fill(t.data(), t.dtype(), t.numel(), seed, mean, std, stream_);
+    cuda::launch_random_fill(t.data(), t.dtype(), t.numel(), seed, mean, std, window, stream_);
   }
 
   void embedding(const Tensor& table, const Tensor& ids, const Tensor& out) override {

@@ -22,11 +22,16 @@ __device__ float unit_normal(uint64_t seed, uint64_t i) {
   return (sum - 2.0f) * 1.7320508f;
 }
 
+// RandomWindow::index, on the device.
+__device__ int64_t whole_index(const RandomWindow& w, int64_t i) {
+  return w.cols == INT64_MAX ? w.first + i : w.first + (i / w.cols) * w.stride + i % w.cols;
+}
+
 template <class T>
-__global__ void random_fill(T* out, int64_t n, uint64_t seed, float mean, float std) {
+__global__ void random_fill(T* out, int64_t n, uint64_t seed, float mean, float std, RandomWindow window) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float v = mean + std * unit_normal(seed, static_cast<uint64_t>(i));
+    const float v = mean + std * unit_normal(seed, static_cast<uint64_t>(whole_index(window, i)));
     if constexpr (std::is_same_v<T, float>) {
       out[i] = v;
     } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
@@ -39,19 +44,20 @@ __global__ void random_fill(T* out, int64_t n, uint64_t seed, float mean, float 
 
 }  // namespace
 
-void launch_random_fill(void* out, DType dtype, int64_t n, uint64_t seed, float mean, float std, cudaStream_t stream) {
+void launch_random_fill(void* out, DType dtype, int64_t n, uint64_t seed, float mean, float std, RandomWindow window,
+                        cudaStream_t stream) {
   if (n == 0) return;
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 132 * 16));
   switch (dtype) {
     case DType::f32:
-      random_fill<<<blocks, threads, 0, stream>>>(static_cast<float*>(out), n, seed, mean, std);
+      random_fill<<<blocks, threads, 0, stream>>>(static_cast<float*>(out), n, seed, mean, std, window);
       break;
     case DType::bf16:
-      random_fill<<<blocks, threads, 0, stream>>>(static_cast<__nv_bfloat16*>(out), n, seed, mean, std);
+      random_fill<<<blocks, threads, 0, stream>>>(static_cast<__nv_bfloat16*>(out), n, seed, mean, std, window);
       break;
     case DType::f16:
-      random_fill<<<blocks, threads, 0, stream>>>(static_cast<__half*>(out), n, seed, mean, std);
+      random_fill<<<blocks, threads, 0, stream>>>(static_cast<__half*>(out), n, seed, mean, std, window);
       break;
     default:
       throw std::invalid_argument("random_fill: not a floating type");

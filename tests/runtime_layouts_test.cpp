@@ -100,3 +100,32 @@ TEST(RuntimeLayoutsMqa, OneKvHeadReplicatedAtTp2MatchesTp1) {
 
 }  // namespace
 }  // namespace troupe
+
+namespace troupe {
+namespace {
+
+// Dummy weights (--load-format dummy) are one model whatever the layout: each rank's slice holds the
+// values that slice has in the whole tensor, so layouts of a model too big to write can be compared.
+TEST(RuntimeLayoutsDummy, EveryRankHoldsItsSliceOfOneDummyModel) {
+  const auto jobs = test::mixed_jobs(8, 512, 31, 3);
+  auto run_dummy = [&](const Layout& l) {
+    RuntimeOptions o = test::tiny_options("tiny-qwen3-moe", l.tp, l.pp, l.dp, l.ep);
+    o.load_format = "dummy";
+    Runtime runtime(o);
+    return test::run_jobs(runtime, jobs);
+  };
+  const auto reference = run_dummy({1, 1, 1, false});
+  for (const Layout& l : std::vector<Layout>{{2, 1, 1, false}, {2, 1, 1, true}, {1, 1, 2, false}}) {
+    const auto got = run_dummy(l);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      ASSERT_EQ(got[i].tokens.size(), reference[i].tokens.size()) << layout_name(l);
+      for (size_t k = 0; k < got[i].tokens.size(); ++k) {
+        EXPECT_EQ(got[i].tokens[k].token, reference[i].tokens[k].token) << layout_name(l) << " request " << i;
+        EXPECT_NEAR(got[i].tokens[k].logprob, reference[i].tokens[k].logprob, 1e-4) << layout_name(l);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace troupe
