@@ -1,0 +1,402 @@
+// The all-reduce of kernels/peer_all_reduce.hpp: one kernel per call, synchronised with the peers
+// through flags in device memory.
+//
+// Work split. A message is P 16-byte packs (8 bf16 or 4 f32; the last pack is padded with zeros in
+// the staging buffer). Every rank launches the same grid, and block b of every rank handles the same
+// packs, so a flag exchange only has to pair block b of each rank with block b of its peers:
+//   one-shot: block b takes packs b·T + t, stepping by blocks·T (T threads per block);
+//   two-shot: segment q is packs [q·S, (q+1)·S), S = ⌈P/R⌉, and block b takes the same offsets j
+//             inside every segment.
+//
+// Flag exchange `exchange(x)` of block b in call e (x = 0: inputs staged; x = 1, two-shot only:
+// segment sums staged): after __syncthreads, thread q (q ≠ rank, q < R) stores e into
+// flags_q[x][b][rank] with st.release.sys, then spins until flags_rank[x][b][q] ≥ e with
+// ld.acquire.sys; a second __syncthreads hands that to the whole block. The block's staging writes
+// precede the release (bar.sync orders them before it at CTA scope, and release is cumulative); the
+// peer's reads follow its acquire, so they see the staged data. Remote reads use ld.global.cg (L2,
+// where a GPU's memory is coherent for its peers).
+//
+// Buffer reuse. Call e uses staging buffer e mod 2 (e = per-block call count, kept in device memory
+// by the kernel itself, so graph replays count too; the same on every rank because every call
+// launches the same grid). A rank overwrites buffer e mod 2 only in call e + 2, which starts after
+// its call e + 1 has ended (stream order); that kernel's blocks each saw exchange 0 of call e + 1
+// from every peer, so every peer had started call e + 1, hence ended call e, and reads nothing of
+// call e any more. So no end-of-call barrier is needed: one flag exchange per one-shot call.
+//
+// Flag values. When block b of rank r waits for e, a peer's flag holds e − 1, e or e + 1 (the peer
+// can finish call e and reach exchange 0 of call e + 1 before r reads, but not call e + 2, which
+// needs r's signal of call e + 1); hence the wrap-safe "≥" test. The flags of exchange 1 never run
+// ahead (a peer reaches exchange 1 of e + 1 only after r's exchange 0 of e + 1).
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "kernels/common.cuh"
+#include "kernels/peer_all_reduce.hpp"
+
+namespace troupe::cuda {
+namespace {
+
+constexpr int max_ranks = peer_all_reduce_max_ranks;
+constexpr int threads = peer_all_reduce_threads;
+
+struct Args {
+  uint4* stage[max_ranks];      // rank q's two staging buffers, stage_packs each
+  uint32_t* flags[max_ranks];   // rank q's flags: [2 exchanges][blocks][max_ranks senders]
+  uint32_t* epochs;             // this rank's calls completed, per block
+  void* inout;
+  size_t n;            // elements
+  size_t packs;        // ⌈n · element size / 16⌉
+  size_t stage_packs;  // one staging buffer
+  int rank;
+  bool aligned;  // inout is 16-byte aligned: whole packs move with one access
+};
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  using Bits = uint32_t;
+  static constexpr int per_pack = 4;
+};
+template <>
+struct Elem<bf16> {
+  using Bits = uint16_t;
+  static constexpr int per_pack = 8;
+};
+
+template <typename T>
+__device__ __forceinline__ void to_floats(const uint4& v, float (&out)[Elem<T>::per_pack]) {
+  if constexpr (std::is_same_v<T, float>) {
+    out[0] = __uint_as_float(v.x);
+    out[1] = __uint_as_float(v.y);
+    out[2] = __uint_as_float(v.z);
+    out[3] = __uint_as_float(v.w);
+  } else {
+    const Bf16x8 pack{v};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = pack.get(j);
+      out[2 * j] = f.x;
+      out[2 * j + 1] = f.y;
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint4 from_floats(const float (&in)[Elem<T>::per_pack]) {
+  if constexpr (std::is_same_v<T, float>) {
+    return make_uint4(__float_as_uint(in[0]), __float_as_uint(in[1]), __float_as_uint(in[2]), __float_as_uint(in[3]));
+  } else {
+    Bf16x8 pack;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) pack.set(j, in[2 * j], in[2 * j + 1]);  // round to nearest even
+    return pack.raw;
+  }
+}
+
+// Pack `pack` of the caller's tensor; elements past n read as zero.
+template <typename T>
+__device__ __forceinline__ uint4 load_input(const Args& a, size_t pack) {
+  constexpr int per_pack = Elem<T>::per_pack;
+  using Bits = typename Elem<T>::Bits;
+  const size_t first = pack * per_pack;
+  if (a.aligned && first + per_pack <= a.n) return static_cast<const uint4*>(a.inout)[pack];
+  const Bits* src = static_cast<const Bits*>(a.inout) + first;
+  Bits e[per_pack];
+#pragma unroll
+  for (int j = 0; j < per_pack; ++j) e[j] = first + j < a.n ? src[j] : Bits{0};
+  uint4 v;
+  memcpy(&v, e, sizeof v);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_output(const Args& a, size_t pack, const uint4& v) {
+  constexpr int per_pack = Elem<T>::per_pack;
+  using Bits = typename Elem<T>::Bits;
+  const size_t first = pack * per_pack;
+  if (a.aligned && first + per_pack <= a.n) {
+    static_cast<uint4*>(a.inout)[pack] = v;
+    return;
+  }
+  Bits* dst = static_cast<Bits*>(a.inout) + first;
+  Bits e[per_pack];
+  memcpy(e, &v, sizeof v);
+#pragma unroll
+  for (int j = 0; j < per_pack; ++j)
+    if (first + j < a.n) dst[j] = e[j];
+}
+
+__device__ __forceinline__ uint4* staging(const Args& a, int rank, uint32_t epoch) {
+  return a.stage[rank] + (epoch & 1u) * a.stage_packs;
+}
+
+// The sum over ranks of one pack, in rank order, in f32; `own` is this rank's contribution.
+template <typename T, int R>
+__device__ __forceinline__ uint4 sum_over_ranks(const Args& a, uint32_t epoch, size_t pack, const uint4& own) {
+  constexpr int per_pack = Elem<T>::per_pack;
+  uint4 v[R];
+#pragma unroll
+  for (int q = 0; q < R; ++q) v[q] = q == a.rank ? own : __ldcg(staging(a, q, epoch) + pack);
+  float acc[per_pack];
+  to_floats<T>(v[0], acc);
+#pragma unroll
+  for (int q = 1; q < R; ++q) {
+    float x[per_pack];
+    to_floats<T>(v[q], x);
+#pragma unroll
+    for (int j = 0; j < per_pack; ++j) acc[j] += x[j];
+  }
+  return from_floats<T>(acc);
+}
+
+__device__ __forceinline__ void store_release_sys(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ uint32_t load_acquire_sys(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Block b of this rank meets block b of every peer (see the top of the file).
+template <int R>
+__device__ __forceinline__ void exchange(const Args& a, int which, uint32_t epoch) {
+  __syncthreads();
+  const int peer = static_cast<int>(threadIdx.x);
+  if (peer < R && peer != a.rank) {
+    const size_t slot = (static_cast<size_t>(which) * gridDim.x + blockIdx.x) * max_ranks;
+    store_release_sys(a.flags[peer] + slot + a.rank, epoch);
+    const uint32_t* from_peer = a.flags[a.rank] + slot + peer;
+    while (static_cast<int32_t>(load_acquire_sys(from_peer) - epoch) < 0) {
+    }
+  }
+  __syncthreads();
+}
+
+// This call's number for this block. Every thread reads the counter here; thread 0 writes it back at
+// the end, after at least one __syncthreads, so no thread can read the new value.
+__device__ __forceinline__ uint32_t begin_call(const Args& a) { return a.epochs[blockIdx.x] + 1u; }
+__device__ __forceinline__ void end_call(const Args& a, uint32_t epoch) {
+  if (threadIdx.x == 0) a.epochs[blockIdx.x] = epoch;
+}
+
+template <typename T, int R>
+__global__ void __launch_bounds__(threads) one_shot_kernel(Args a) {
+  const uint32_t epoch = begin_call(a);
+  uint4* mine = staging(a, a.rank, epoch);
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  const size_t start = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (size_t p = start; p < a.packs; p += stride) mine[p] = load_input<T>(a, p);
+  exchange<R>(a, 0, epoch);
+  for (size_t p = start; p < a.packs; p += stride)
+    store_output<T>(a, p, sum_over_ranks<T, R>(a, epoch, p, load_input<T>(a, p)));
+  end_call(a, epoch);
+}
+
+template <typename T, int R>
+__global__ void __launch_bounds__(threads) two_shot_kernel(Args a) {
+  const uint32_t epoch = begin_call(a);
+  uint4* mine = staging(a, a.rank, epoch);
+  const size_t segment = (a.packs + R - 1) / R;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  const size_t start = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+
+  // Stage the packs that the peers sum (our own segment we read from `inout` below).
+  for (size_t j = start; j < segment; j += stride) {
+    uint4 v[R] = {};
+#pragma unroll
+    for (int q = 0; q < R; ++q)
+      if (q != a.rank && q * segment + j < a.packs) v[q] = load_input<T>(a, q * segment + j);
+#pragma unroll
+    for (int q = 0; q < R; ++q)
+      if (q != a.rank && q * segment + j < a.packs) mine[q * segment + j] = v[q];
+  }
+  exchange<R>(a, 0, epoch);
+
+  // Reduce-scatter: sum our segment and stage the sum for the peers.
+  for (size_t j = start; j < segment; j += stride) {
+    const size_t p = a.rank * segment + j;
+    if (p >= a.packs) break;
+    const uint4 sum = sum_over_ranks<T, R>(a, epoch, p, load_input<T>(a, p));
+    mine[p] = sum;
+    store_output<T>(a, p, sum);
+  }
+  exchange<R>(a, 1, epoch);
+
+  // All-gather: the other segments' sums from their owners.
+  for (size_t j = start; j < segment; j += stride) {
+    uint4 v[R] = {};
+#pragma unroll
+    for (int q = 0; q < R; ++q)
+      if (q != a.rank && q * segment + j < a.packs) v[q] = __ldcg(staging(a, q, epoch) + q * segment + j);
+#pragma unroll
+    for (int q = 0; q < R; ++q)
+      if (q != a.rank && q * segment + j < a.packs) store_output<T>(a, q * segment + j, v[q]);
+  }
+  end_call(a, epoch);
+}
+
+template <typename T, int R>
+void launch(bool two_shot, const Args& a, int blocks, cudaStream_t stream) {
+  if (two_shot) {
+    two_shot_kernel<T, R><<<blocks, threads, 0, stream>>>(a);
+    TROUPE_CUDA_CHECK_LAUNCH(two_shot_kernel);
+  } else {
+    one_shot_kernel<T, R><<<blocks, threads, 0, stream>>>(a);
+    TROUPE_CUDA_CHECK_LAUNCH(one_shot_kernel);
+  }
+}
+
+template <typename T>
+void launch_for_ranks(int ranks, bool two_shot, const Args& a, int blocks, cudaStream_t stream) {
+  switch (ranks) {
+    case 2: return launch<T, 2>(two_shot, a, blocks, stream);
+    case 4: return launch<T, 4>(two_shot, a, blocks, stream);
+    case 8: return launch<T, 8>(two_shot, a, blocks, stream);
+    default: throw std::logic_error("peer all-reduce: no kernel for " + std::to_string(ranks) + " ranks");
+  }
+}
+
+// Restores the calling thread's current device when it leaves scope.
+class KeepCurrentDevice {
+ public:
+  KeepCurrentDevice() { TROUPE_CUDA_CHECK(cudaGetDevice(&device_)); }
+  ~KeepCurrentDevice() { cudaSetDevice(device_); }
+  KeepCurrentDevice(const KeepCurrentDevice&) = delete;
+  KeepCurrentDevice& operator=(const KeepCurrentDevice&) = delete;
+
+ private:
+  int device_ = 0;
+};
+
+constexpr size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
+
+}  // namespace
+
+std::shared_ptr<PeerAllReduceGroup> PeerAllReduceGroup::create(std::vector<int> devices, size_t max_bytes, int blocks) {
+  const size_t ranks = devices.size();
+  if (ranks != 2 && ranks != 4 && ranks != 8)
+    throw std::invalid_argument("peer all-reduce: a group has 2, 4 or 8 GPUs, got " + std::to_string(ranks));
+  if (max_bytes == 0) throw std::invalid_argument("peer all-reduce: max_bytes must be positive");
+  if (blocks < 1) throw std::invalid_argument("peer all-reduce: blocks must be positive, got " + std::to_string(blocks));
+  int count = 0;
+  TROUPE_CUDA_CHECK(cudaGetDeviceCount(&count));
+  for (size_t i = 0; i < ranks; ++i) {
+    if (devices[i] < 0 || devices[i] >= count)
+      throw std::invalid_argument("peer all-reduce: no CUDA device " + std::to_string(devices[i]) + " (" +
+                                  std::to_string(count) + " visible)");
+    for (size_t j = 0; j < i; ++j)
+      if (devices[i] == devices[j])
+        throw std::invalid_argument("peer all-reduce: device " + std::to_string(devices[i]) + " appears twice");
+    // A block spins until its counterparts on the peers arrive. With no more blocks than
+    // multiprocessors (each SM holds at least one block), all blocks of a call can be resident at
+    // once, so none waits for a peer block that cannot start, whatever order blocks are scheduled in.
+    int sms = 0;
+    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, devices[i]));
+    if (blocks > sms)
+      throw std::invalid_argument("peer all-reduce: " + std::to_string(blocks) + " blocks exceed the " +
+                                  std::to_string(sms) + " multiprocessors of GPU " + std::to_string(devices[i]));
+  }
+  for (int from : devices)
+    for (int to : devices) {
+      if (from == to) continue;
+      int can = 0;
+      TROUPE_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, from, to));
+      if (!can)
+        throw std::runtime_error("peer all-reduce: GPU " + std::to_string(from) + " cannot access the memory of GPU " +
+                                 std::to_string(to) + " (cudaDeviceCanAccessPeer is false); use NCCL for this group");
+    }
+  std::shared_ptr<PeerAllReduceGroup> group(new PeerAllReduceGroup(std::move(devices), max_bytes, blocks));
+  group->allocate();
+  return group;
+}
+
+PeerAllReduceGroup::PeerAllReduceGroup(std::vector<int> devices, size_t max_bytes, int blocks)
+    : devices_(std::move(devices)), max_bytes_(max_bytes), stage_bytes_(round_up(max_bytes, 256)), blocks_(blocks) {}
+
+void PeerAllReduceGroup::allocate() {
+  KeepCurrentDevice keep;
+  const size_t flag_bytes = size_t{2} * blocks_ * max_ranks * sizeof(uint32_t);
+  const size_t header_bytes = round_up(flag_bytes + blocks_ * sizeof(uint32_t), 256);
+  memory_.reserve(devices_.size());
+  for (int device : devices_) {
+    TROUPE_CUDA_CHECK(cudaSetDevice(device));
+    for (int peer : devices_) {
+      if (peer == device) continue;
+      const cudaError_t status = cudaDeviceEnablePeerAccess(peer, 0);
+      if (status == cudaErrorPeerAccessAlreadyEnabled)
+        cudaGetLastError();  // enabled earlier in this process (another group, NCCL): fine
+      else
+        TROUPE_CUDA_CHECK(status);
+    }
+    RankMemory m;
+    TROUPE_CUDA_CHECK(cudaMalloc(&m.base, header_bytes + 2 * stage_bytes_));
+    std::byte* base = static_cast<std::byte*>(m.base);
+    m.flags = reinterpret_cast<uint32_t*>(base);
+    m.epochs = reinterpret_cast<uint32_t*>(base + flag_bytes);
+    m.stage = base + header_bytes;
+    memory_.push_back(m);  // freed by the destructor from here on
+    TROUPE_CUDA_CHECK(cudaMemset(m.base, 0, header_bytes + 2 * stage_bytes_));
+  }
+  // Every rank's flags must be zero before any peer's first call writes into them.
+  for (int device : devices_) {
+    TROUPE_CUDA_CHECK(cudaSetDevice(device));
+    TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+}
+
+PeerAllReduceGroup::~PeerAllReduceGroup() {
+  int current = 0;
+  cudaGetDevice(&current);
+  for (size_t r = 0; r < memory_.size(); ++r) {
+    cudaSetDevice(devices_[r]);
+    cudaFree(memory_[r].base);
+  }
+  cudaSetDevice(current);
+}
+
+PeerAllReduce::PeerAllReduce(std::shared_ptr<PeerAllReduceGroup> group, int rank) : group_(std::move(group)), rank_(rank) {
+  if (!group_) throw std::invalid_argument("peer all-reduce: no group");
+  if (rank < 0 || rank >= group_->size())
+    throw std::invalid_argument("peer all-reduce: rank " + std::to_string(rank) + " outside a group of " +
+                                std::to_string(group_->size()));
+}
+
+void PeerAllReduce::all_reduce(void* inout, size_t n, DType dtype, cudaStream_t stream, AllReduceAlgorithm algorithm) {
+  if (dtype != DType::bf16 && dtype != DType::f32)
+    throw std::invalid_argument("peer all-reduce: sums BF16 or F32, got " + std::string(dtype_name(dtype)));
+  const size_t bytes = n * dtype_size(dtype);
+  if (bytes > group_->max_bytes_)
+    throw std::invalid_argument("peer all-reduce: " + std::to_string(bytes) + " bytes exceed the group's max_bytes (" +
+                                std::to_string(group_->max_bytes_) + ")");
+  if (n == 0) return;
+  if (inout == nullptr) throw std::invalid_argument("peer all-reduce: inout is null");
+
+  const int ranks = group_->size();
+  Args a{};
+  for (int q = 0; q < ranks; ++q) {
+    a.stage[q] = static_cast<uint4*>(group_->memory_[q].stage);
+    a.flags[q] = group_->memory_[q].flags;
+  }
+  a.epochs = group_->memory_[rank_].epochs;
+  a.inout = inout;
+  a.n = n;
+  a.packs = (bytes + 15) / 16;
+  a.stage_packs = group_->stage_bytes_ / 16;
+  a.rank = rank_;
+  a.aligned = is_aligned(inout, 16);
+  const bool two_shot = algorithm == AllReduceAlgorithm::two_shot ||
+                        (algorithm == AllReduceAlgorithm::automatic && bytes >= peer_all_reduce_two_shot_bytes(ranks));
+
+  TROUPE_CUDA_CHECK(cudaSetDevice(group_->devices_[rank_]));
+  if (dtype == DType::bf16)
+    launch_for_ranks<bf16>(ranks, two_shot, a, group_->blocks_, stream);
+  else
+    launch_for_ranks<float>(ranks, two_shot, a, group_->blocks_, stream);
+}
+
+}  // namespace troupe::cuda

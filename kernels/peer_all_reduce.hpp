@@ -1,0 +1,112 @@
+// All-reduce among the GPUs of one process through buffers that each GPU reads from its peers
+// (cudaDeviceEnablePeerAccess, NVLink), for the small messages of tensor-parallel decode where
+// NCCL's fixed cost dominates. One kernel per call: it copies the caller's tensor into this rank's
+// staging buffer, synchronises with the peers through flags it writes into their memory, and sums.
+//
+//   one-shot: every rank reads every rank's staging buffer and sums the whole message.
+//   two-shot: rank r sums only segment r (reduce-scatter), writes the sum back into its own staging
+//             buffer, and after a second flag exchange every rank copies the other segments' sums
+//             from their owners (all-gather). Less NVLink traffic per rank (2(R-1)/R instead of R-1
+//             message sizes), one more synchronisation.
+//
+// Sums are taken in rank order 0, 1, ..., R-1 in f32 (bf16 rounded once at the end), so every rank
+// holds bit-identical results, equal to the sequential f32 sum rounded to the element type.
+//
+// Like NCCL: every rank of a group calls all_reduce the same number of times, in the same order,
+// with the same n, dtype and algorithm; a rank's calls are ordered on the GPU (one stream, or
+// streams ordered by events), since each call's kernel takes its sequence number from the previous
+// call's. Calls may be captured into CUDA graphs and replayed (no per-call host state: the kernel
+// keeps its sequence numbers in device memory), as long as every rank replays the same calls. The
+// kernel waits on the GPU for its peers, so all ranks' kernels must be able to run at the same time:
+// drive the ranks from separate threads (or enqueue them all before waiting on any).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/dtype.hpp"
+
+namespace troupe::cuda {
+
+inline constexpr int peer_all_reduce_max_ranks = 8;
+// Blocks of the all-reduce kernel on every rank (the same on all ranks, and fixed for a group: the
+// per-block sequence numbers that pair up calls depend on it) and threads per block.
+inline constexpr int peer_all_reduce_default_blocks = 36;
+inline constexpr int peer_all_reduce_threads = 512;
+
+enum class AllReduceAlgorithm { automatic, one_shot, two_shot };
+
+// Under AllReduceAlgorithm::automatic, messages of at least this many bytes take the two-shot path.
+// First guesses (two-shot's saving of NVLink bytes grows with the rank count; with 2 ranks both move
+// one message size per rank); tools/all_reduce_bench measures the crossover.
+constexpr size_t peer_all_reduce_two_shot_bytes(int ranks) {
+  return ranks <= 2 ? size_t{1} << 20 : ranks <= 4 ? size_t{512} << 10 : size_t{256} << 10;
+}
+
+// The GPUs of one group and the device memory they share: per rank, two staging buffers of
+// max_bytes (calls alternate between them, so that a rank never overwrites data a slower peer may
+// still be reading from the previous call), and flags and sequence counters. Freed when the last
+// handle goes; by then no call may be in flight.
+class PeerAllReduceGroup {
+ public:
+  // From any thread. `devices[r]` is rank r's CUDA device (2, 4 or 8 distinct devices). Enables peer
+  // access between every pair; throws std::runtime_error naming the pair when cudaDeviceCanAccessPeer
+  // is false for one (use NCCL for such a group), std::invalid_argument for a bad group or size, or
+  // for more blocks than a GPU has multiprocessors. The calling thread's current device is unchanged.
+  static std::shared_ptr<PeerAllReduceGroup> create(std::vector<int> devices, size_t max_bytes,
+                                                    int blocks = peer_all_reduce_default_blocks);
+  ~PeerAllReduceGroup();
+  PeerAllReduceGroup(const PeerAllReduceGroup&) = delete;
+  PeerAllReduceGroup& operator=(const PeerAllReduceGroup&) = delete;
+
+  int size() const { return static_cast<int>(devices_.size()); }
+  int device(int rank) const { return devices_.at(static_cast<size_t>(rank)); }
+  size_t max_bytes() const { return max_bytes_; }
+  int blocks() const { return blocks_; }
+
+ private:
+  friend class PeerAllReduce;
+  // One cudaMalloc per rank on its device: flags, sequence counters, then the two staging buffers.
+  struct RankMemory {
+    void* base = nullptr;
+    uint32_t* flags = nullptr;   // [2 exchanges][blocks][max ranks], written by the peers
+    uint32_t* epochs = nullptr;  // [blocks]: calls completed, per block
+    void* stage = nullptr;       // [2][stage_bytes_]
+  };
+
+  PeerAllReduceGroup(std::vector<int> devices, size_t max_bytes, int blocks);
+  void allocate();
+
+  std::vector<int> devices_;
+  size_t max_bytes_;
+  size_t stage_bytes_;  // max_bytes_ rounded up to 16-byte packs
+  int blocks_;
+  std::vector<RankMemory> memory_;
+};
+
+// Rank `rank`'s side of a group. Use it from one thread at a time (rank r's worker).
+class PeerAllReduce {
+ public:
+  PeerAllReduce(std::shared_ptr<PeerAllReduceGroup> group, int rank);
+
+  int rank() const { return rank_; }
+  int size() const { return group_->size(); }
+  size_t max_bytes() const { return group_->max_bytes(); }
+
+  // inout (n elements on this rank's device, bf16 or f32, any alignment; 16-byte aligned is fastest)
+  // becomes the elementwise sum over the ranks, enqueued on `stream`. n · element size must not exceed
+  // max_bytes(); n == 0 launches nothing. Makes this rank's device current on the calling thread, as
+  // the CUDA backend's entry points do.
+  void all_reduce(void* inout, size_t n, DType dtype, cudaStream_t stream,
+                  AllReduceAlgorithm algorithm = AllReduceAlgorithm::automatic);
+
+ private:
+  std::shared_ptr<PeerAllReduceGroup> group_;
+  int rank_;
+};
+
+}  // namespace troupe::cuda
