@@ -332,7 +332,7 @@ void check_case(Ranks& ranks, const std::vector<std::unique_ptr<DeviceBuffer>>& 
 }
 
 TEST_F(PeerAllReduceGpuTest, SumsInRankOrder) {
-  Watchdog watchdog(std::chrono::seconds(600));
+  Watchdog watchdog(std::chrono::seconds(240));
   for (const auto& devices : test_groups()) {
     Ranks ranks(devices);
     std::vector<std::unique_ptr<DeviceBuffer>> buffers;
@@ -429,7 +429,7 @@ void back_to_back(Ranks& ranks, int calls, uint64_t seed) {
 }
 
 TEST_F(PeerAllReduceGpuTest, BackToBackCalls) {
-  Watchdog watchdog(std::chrono::seconds(300));
+  Watchdog watchdog(std::chrono::seconds(120));
   uint64_t seed = 1000;
   for (const auto& devices : test_groups()) {
     Ranks ranks(devices);
@@ -440,7 +440,7 @@ TEST_F(PeerAllReduceGpuTest, BackToBackCalls) {
 
 TEST_F(PeerAllReduceGpuTest, DisjointGroupsAtOnce) {
   if (cuda_device_count() < 4) GTEST_SKIP() << "needs 4 GPUs for two disjoint pairs";
-  Watchdog watchdog(std::chrono::seconds(300));
+  Watchdog watchdog(std::chrono::seconds(120));
   Ranks a({0, 1}), b({2, 3});
   std::exception_ptr error_a, error_b;
   std::thread ta([&] {
@@ -466,7 +466,7 @@ TEST_F(PeerAllReduceGpuTest, DisjointGroupsAtOnce) {
 // Per rank: a graph of [copy input → tensor, all-reduce tensor] for each call of `calls`, replayed on
 // new inputs; then the same calls without the graph, which must continue the kernels' sequence.
 TEST_F(PeerAllReduceGpuTest, GraphReplays) {
-  Watchdog watchdog(std::chrono::seconds(600));
+  Watchdog watchdog(std::chrono::seconds(240));
   const std::vector<Case> calls = {
       {DType::bf16, 4097, Algorithm::automatic, 0},
       {DType::f32, 100003, Algorithm::two_shot, 0},
