@@ -20,6 +20,7 @@
 #include "engine/thread_communicator.hpp"
 #ifdef TROUPE_HAVE_CUDA
 #include "kernels/cuda_backend.hpp"
+#include "kernels/nccl_communicator.hpp"
 #endif
 
 namespace troupe {
@@ -68,7 +69,11 @@ struct Runtime::Impl {
 
   // Declared before the actor system, so they outlive it and the workers that use them.
   std::unique_ptr<TraceRecorder> trace;
-  std::vector<std::vector<std::unique_ptr<Communicator>>> groups;
+  std::vector<std::vector<std::unique_ptr<Communicator>>> groups;  // the CPU's thread groups
+  // Every group's members by rank in the group (thread or NCCL communicators; null until a worker
+  // has joined, and after it left), so that a failing worker can fail its groups.
+  std::mutex members_mutex;
+  std::vector<std::vector<Communicator*>> members;
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> system;
   std::vector<caf::actor> workers, stages, schedulers, kv_managers, expert_shards;
@@ -98,6 +103,18 @@ struct Runtime::Impl {
     return spec;
   }
 
+  void abort_groups(const std::vector<size_t>& which, const std::string& why) {
+    std::lock_guard lock(members_mutex);
+    for (size_t g : which)
+      for (Communicator* c : members[g]) {
+        if (!c) continue;
+        if (abort_group(*c, why)) continue;
+#ifdef TROUPE_HAVE_CUDA
+        abort_nccl_communicator(*c, why);
+#endif
+      }
+  }
+
   void log(const std::string& line) {
     startup.push_back(line);
     if (options.log) options.log(line);
@@ -122,41 +139,83 @@ void Runtime::Impl::build() {
   if (model_name.empty()) model_name = (std::filesystem::absolute(options.model_dir) / "").parent_path().filename().string();
   metrics = spawn_metrics(*system, model_name);
 
-  // Communicator groups: tensor-parallel groups, each stage's MoE group across data-parallel ranks,
-  // and neighbouring stages' pairs.
+  // The device: a GPU per worker when there are enough, else (auto) the CPU.
   const int world = p.world_size();
-  std::vector<ShardComms> comms(world);
-  std::vector<std::vector<size_t>> groups_of(world);
-  auto add_group = [&](const std::vector<int>& ranks) {
-    auto group = make_thread_group(static_cast<int>(ranks.size()));
-    for (size_t i = 0; i < ranks.size(); ++i) groups_of[ranks[i]].push_back(groups.size());
-    groups.push_back(std::move(group));
-    return groups.size() - 1;
+  int gpus = 0;
+#ifdef TROUPE_HAVE_CUDA
+  gpus = cuda_device_count();
+#endif
+  std::string device = options.device;
+  if (device == "auto") device = gpus > 0 ? "cuda" : "cpu";
+  if (device == "cuda" && gpus < world)
+    throw ConfigError("the layout " + p.name() + " needs " + std::to_string(world) + " GPUs; " +
+                      std::to_string(gpus) + " are visible");
+  if (options.load_format != "auto" && options.load_format != "dummy")
+    throw ConfigError("--load-format: expected auto or dummy, got '" + options.load_format + "'");
+  log("device " + device + (device == "cuda" ? " (" + std::to_string(gpus) + " visible)" : ""));
+
+  // Communicator groups: tensor-parallel groups, each stage's MoE group across data-parallel ranks,
+  // and neighbouring stages' pairs. On the CPU a group is threads of this process; on GPUs an NCCL
+  // communicator per member, which each worker makes from the group's id in its load message.
+  using Slot = NcclSeat::Slot;
+  struct Group {
+    std::vector<int> ranks;
+    std::vector<Slot> slots;
   };
+  std::vector<Group> defs;
   for (int d = 0; d < dp; ++d)
-    for (int s = 0; s < pp; ++s) {
-      if (tp == 1) continue;
-      std::vector<int> ranks;
-      for (int t = 0; t < tp; ++t) ranks.push_back(p.rank(d, s, t));
-      const size_t g = add_group(ranks);
-      for (int t = 0; t < tp; ++t) comms[ranks[t]].tp = groups[g][t].get();
+    for (int s = 0; s < pp && tp > 1; ++s) {
+      Group g;
+      for (int t = 0; t < tp; ++t) g.ranks.push_back(p.rank(d, s, t));
+      g.slots.assign(tp, Slot::tp);
+      defs.push_back(std::move(g));
     }
   const bool moe_across_dp = config.is_moe() && dp > 1;
   for (int s = 0; s < pp && moe_across_dp; ++s) {
-    std::vector<int> ranks;
+    Group g;
     for (int d = 0; d < dp; ++d)
-      for (int t = 0; t < tp; ++t) ranks.push_back(p.rank(d, s, t));
-    const size_t g = add_group(ranks);
-    for (size_t i = 0; i < ranks.size(); ++i) comms[ranks[i]].moe = groups[g][i].get();
+      for (int t = 0; t < tp; ++t) g.ranks.push_back(p.rank(d, s, t));
+    g.slots.assign(g.ranks.size(), Slot::moe);
+    defs.push_back(std::move(g));
   }
   for (int d = 0; d < dp; ++d)
     for (int s = 0; s + 1 < pp; ++s)
-      for (int t = 0; t < tp; ++t) {
-        const int a = p.rank(d, s, t), b = p.rank(d, s + 1, t);
-        const size_t g = add_group({a, b});
-        comms[a].next = groups[g][0].get();
-        comms[b].prev = groups[g][1].get();
+      for (int t = 0; t < tp; ++t) defs.push_back({{p.rank(d, s, t), p.rank(d, s + 1, t)}, {Slot::next, Slot::prev}});
+
+  std::vector<ShardComms> comms(world);
+  std::vector<NcclSeats> seats(world);
+  std::vector<std::vector<size_t>> groups_of(world);
+  const bool nccl = device == "cuda";
+  members.resize(defs.size());
+  for (size_t g = 0; g < defs.size(); ++g) {
+    const Group& def = defs[g];
+    const int n = static_cast<int>(def.ranks.size());
+    members[g].assign(n, nullptr);
+    for (int r : def.ranks) groups_of[r].push_back(g);
+#ifdef TROUPE_HAVE_CUDA
+    if (nccl) {
+      const NcclUniqueId id = make_nccl_unique_id();
+      for (int i = 0; i < n; ++i) {
+        NcclSeat seat{def.slots[i], g, {}, i, n};
+        std::copy(id.begin(), id.end(), seat.id.begin());
+        seats[def.ranks[i]].push_back(seat);
       }
+      continue;
+    }
+#endif
+    groups.push_back(make_thread_group(n));
+    for (int i = 0; i < n; ++i) {
+      Communicator* c = groups.back()[i].get();
+      members[g][i] = c;
+      switch (def.slots[i]) {
+        case Slot::tp: comms[def.ranks[i]].tp = c; break;
+        case Slot::moe: comms[def.ranks[i]].moe = c; break;
+        case Slot::prev: comms[def.ranks[i]].prev = c; break;
+        case Slot::next: comms[def.ranks[i]].next = c; break;
+      }
+    }
+  }
+  (void)nccl;
 
   // Expert shards, one per expert-parallel rank of each stage.
   std::vector<std::vector<caf::actor>> stage_shards(pp);
@@ -169,24 +228,8 @@ void Runtime::Impl::build() {
       }
   }
 
-  // The device: a GPU per worker when there are enough, else (auto) the CPU.
-  int gpus = 0;
-#ifdef TROUPE_HAVE_CUDA
-  gpus = cuda_device_count();
-#endif
-  std::string device = options.device;
-  if (device == "auto") device = gpus > 0 ? "cuda" : "cpu";
-  if (device == "cuda" && gpus < world)
-    throw ConfigError("the layout " + p.name() + " needs " + std::to_string(world) + " GPUs; " +
-                      std::to_string(gpus) + " are visible");
-  if (device == "cuda" && world > 1)
-    throw ConfigError("the layout " + p.name() + " on GPUs needs the NCCL communicator, which this build lacks; "
-                      "run it with --device cpu");
-  if (options.load_format != "auto" && options.load_format != "dummy")
-    throw ConfigError("--load-format: expected auto or dummy, got '" + options.load_format + "'");
-  log("device " + device + (device == "cuda" ? " (" + std::to_string(gpus) + " visible)" : ""));
-
-  // Workers: load every shard in parallel, then size the KV cache.
+  // Workers: load every shard at once (members of an NCCL group join it together), then size the
+  // KV cache.
   const int wanted_len = options.max_model_len > 0 ? options.max_model_len : config.max_position_embeddings;
   for (int d = 0; d < dp; ++d)
     for (int s = 0; s < pp; ++s)
@@ -196,12 +239,10 @@ void Runtime::Impl::build() {
         spec.rank = r;
         spec.shard = {p, t, s, d};
         spec.comms = comms[r];
-        std::vector<Communicator*> mine;
-        for (size_t g : groups_of[r])
-          for (auto& c : groups[g])
-            if (c) mine.push_back(c.get());
-        spec.abort_comms = [mine](const std::string& why) {
-          for (Communicator* c : mine) abort_group(*c, why);
+        spec.abort_comms = [this, mine = groups_of[r]](const std::string& why) { abort_groups(mine, why); };
+        spec.on_communicator = [this](size_t g, int i, Communicator* c) {
+          std::lock_guard lock(members_mutex);
+          members[g][i] = c;
         };
         spec.model_dir = options.model_dir;
         spec.device = device;
@@ -220,12 +261,17 @@ void Runtime::Impl::build() {
   std::string failure;
   {
     caf::scoped_actor loader{*system};
-    for (int r = 0; r < world && failure.empty(); ++r) {
-      loader->request(workers[r], caf::infinite, atoms::load::value)
-          .receive([&](WorkerInfo& info) { infos[r] = std::move(info); },
-                   [&](caf::error& e) { failure = system->render(e); });
-      if (failure.empty()) log(infos[r].description);
+    std::vector<decltype(loader->request(workers[0], caf::infinite, atoms::load::value, seats[0]))> loads;
+    for (int r = 0; r < world; ++r) loads.push_back(loader->request(workers[r], caf::infinite, atoms::load::value, seats[r]));
+    for (int r = 0; r < world; ++r) {
+      loads[r].receive([&](WorkerInfo& info) { infos[r] = std::move(info); },
+                       [&](caf::error& e) {
+                         if (failure.empty()) failure = system->render(e);
+                         // Members of its groups wait for it: fail them.
+                         abort_groups(groups_of[r], failure);
+                       });
     }
+    for (int r = 0; r < world && failure.empty(); ++r) log(infos[r].description);
   }
   if (!failure.empty()) {
     // The scoped actor above is gone: awaiting counts only the runtime's own actors.
@@ -329,8 +375,9 @@ void Runtime::Impl::stop_all() {
   stop(kv_managers);
   stop(expert_shards);
   // A worker blocked in a collective is released by failing its groups.
-  for (auto& g : groups)
-    for (auto& c : g) abort_group(*c, "the runtime is shutting down");
+  std::vector<size_t> all(members.size());
+  for (size_t g = 0; g < all.size(); ++g) all[g] = g;
+  abort_groups(all, "the runtime is shutting down");
   stop(workers);
 }
 

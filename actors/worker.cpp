@@ -12,6 +12,7 @@
 #ifdef TROUPE_HAVE_CUDA
 #include "kernels/cuda_backend.hpp"
 #include "kernels/gpu_logits_sampler.hpp"
+#include "kernels/nccl_communicator.hpp"
 #endif
 
 namespace troupe {
@@ -22,10 +23,31 @@ struct WorkerState {
   CollectiveTimes times;
   std::vector<std::unique_ptr<TimedCommunicator>> timed;  // what the model talks through
   std::unique_ptr<ModelRunner> runner;
+  // Declared after the runner: destroyed before the backend they run on.
+  std::vector<std::unique_ptr<Communicator>> nccl;
+  NcclSeats seats;
   std::string track;
   bool failed = false;
   static inline const char* name = "worker";
+
+  WorkerState() = default;
+  WorkerState(const WorkerState&) = delete;
+  WorkerState& operator=(const WorkerState&) = delete;
+  ~WorkerState() {
+    for (size_t i = 0; i < nccl.size() && spec.on_communicator; ++i)
+      spec.on_communicator(seats[i].group, seats[i].rank, nullptr);
+  }
 };
+
+Communicator*& seat_of(ShardComms& comms, NcclSeat::Slot slot) {
+  switch (slot) {
+    case NcclSeat::Slot::tp: return comms.tp;
+    case NcclSeat::Slot::moe: return comms.moe;
+    case NcclSeat::Slot::prev: return comms.prev;
+    case NcclSeat::Slot::next: return comms.next;
+  }
+  return comms.tp;
+}
 
 std::unique_ptr<Backend> make_backend(const std::string& device, int index) {
   if (device == "cpu") return make_cpu_backend();
@@ -62,7 +84,7 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
   self->state.track = "worker r" + std::to_string(self->state.spec.rank) + " (dp" + std::to_string(s.dp_rank) + " pp" +
                       std::to_string(s.pp_rank) + " tp" + std::to_string(s.tp_rank) + ")";
   return {
-      [=](atoms::load) -> caf::result<WorkerInfo> {
+      [=](atoms::load, const NcclSeats& seats) -> caf::result<WorkerInfo> {
         WorkerSpec& sp = self->state.spec;
         try {
           ModelConfig config = load_model_config(sp.model_dir);
@@ -70,6 +92,18 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           if (!sp.dummy_weights) files.emplace(WeightFiles::open(sp.model_dir));
           auto backend = make_backend(sp.device, sp.device_index);
           ShardComms comms = sp.comms;
+          for (const NcclSeat& seat : seats) {
+#ifdef TROUPE_HAVE_CUDA
+            NcclUniqueId id;
+            std::copy(seat.id.begin(), seat.id.end(), id.begin());
+            self->state.nccl.push_back(make_nccl_communicator(*backend, id, seat.rank, seat.size));
+            self->state.seats.push_back(seat);
+            if (sp.on_communicator) sp.on_communicator(seat.group, seat.rank, self->state.nccl.back().get());
+            seat_of(comms, seat.slot) = self->state.nccl.back().get();
+#else
+            throw std::runtime_error("NCCL groups need a CUDA build");
+#endif
+          }
           for (Communicator** c : {&comms.tp, &comms.moe, &comms.prev, &comms.next}) {
             if (!*c) continue;
             self->state.timed.push_back(std::make_unique<TimedCommunicator>(**c, self->state.times));

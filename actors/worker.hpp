@@ -3,6 +3,7 @@
 // backend, the model shard, the KV cache shard and, on the sampling rank, the samplers.
 #pragma once
 
+#include <array>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -14,11 +15,27 @@
 
 namespace troupe {
 
+// A worker's seat in one NCCL group (a GPU layout of more than one device): which of its ShardComms
+// the group is, and the group's rendezvous id. Every member of a group joins at once, so a worker
+// joins its groups in the order of `group`, the same order on every worker.
+struct NcclSeat {
+  enum class Slot : uint8_t { tp, moe, prev, next };
+  Slot slot = Slot::tp;
+  size_t group = 0;  // the runtime's index of the group
+  std::array<char, 128> id{};
+  int rank = 0;  // in the group
+  int size = 0;
+};
+using NcclSeats = std::vector<NcclSeat>;
+
 struct WorkerSpec {
   int rank = 0;  // in the world
   ModelShard shard;
   ShardComms comms;
   std::function<void(const std::string&)> abort_comms;  // fails this worker's groups: peers stop waiting
+  // Told of each NCCL communicator the worker joins (and of nullptr when it leaves), so that
+  // abort_comms can reach every member of a group.
+  std::function<void(size_t group, int rank, Communicator*)> on_communicator;
   std::filesystem::path model_dir;
   std::string device = "cpu";
   int device_index = 0;
@@ -43,12 +60,13 @@ struct WorkerInfo {
 
 using PlanPtr = std::shared_ptr<const StepPlan>;
 
-// Protocol: (load) -> WorkerInfo; (allocate, int num_blocks, int block_size) -> int num_blocks;
+// Protocol: (load, NcclSeats) -> WorkerInfo (the seats empty on the CPU and on one GPU); (allocate, int num_blocks, int block_size) -> int num_blocks;
 // (run, PlanPtr) -> StepResult. Errors come back as StepResult::error (run) or caf errors (load).
 caf::actor spawn_worker(caf::actor_system& system, WorkerSpec spec);
 
 }  // namespace troupe
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::WorkerInfo)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::NcclSeats)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::PlanPtr)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::StepResult)

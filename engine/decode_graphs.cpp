@@ -24,7 +24,7 @@ StepBatch padded(const StepBatch& batch, int size) {
 }  // namespace
 
 std::optional<Tensor> DecodeGraphs::forward(const StepBatch& batch, const KvCache& cache) {
-  if (unsupported_ || batch.num_seqs() == 0 || batch.max_query_len() != 1 || !batch.embed_indices.empty() ||
+  if (unsupported_ || !model_.capturable() || batch.num_seqs() == 0 || batch.max_query_len() != 1 || !batch.embed_indices.empty() ||
       static_cast<int>(batch.logits_indices.size()) != batch.num_seqs())
     return std::nullopt;
   const int n = batch.num_seqs();

@@ -95,6 +95,9 @@ class Model {
   // Sizes the input buffers for the largest batch to come.
   void reserve_inputs(int tokens, int seqs, int blocks_per_seq) { inputs_.reserve(tokens, seqs, blocks_per_seq); }
   StepInputBuffers& inputs() { return inputs_; }
+  // Whether run() can be captured: MoE layers across data-parallel ranks exchange token counts
+  // through the host mid-step, which a captured graph cannot do.
+  bool capturable() const { return comms_.moe == nullptr; }
 
  private:
   struct Weights;

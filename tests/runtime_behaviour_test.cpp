@@ -205,8 +205,14 @@ TEST(RuntimeMetrics, CountRequestsTokensLatenciesAndCollectives) {
     prompt += static_cast<int>(j.prompt.size());
     generated += *j.params.max_tokens;
   }
-  const std::string page = runtime.metrics_text();
   const std::string m = "model_name=\"tiny-qwen3-moe\"";
+  // A request's last observation reaches the metrics actor just after its client saw the end: a
+  // scrape may lag the client by a moment, so wait for the last request's figures to arrive.
+  std::string page = runtime.metrics_text();
+  for (int tries = 0; tries < 200 && sample(page, "troupe:e2e_request_latency_seconds_count{" + m + "}") < 8; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    page = runtime.metrics_text();
+  }
   EXPECT_EQ(sample(page, "troupe:prompt_tokens_total{" + m + ",dp=\"0\"}"), prompt) << page;
   EXPECT_EQ(sample(page, "troupe:generation_tokens_total{" + m + ",dp=\"0\"}"), generated);
   EXPECT_EQ(sample(page, "troupe:request_success_total{" + m + ",finished_reason=\"length\"}"), 8);
