@@ -9,5 +9,6 @@ int generate_command(int argc, char** argv);
 int tokenize_command(int argc, char** argv);
 int bench_command(int argc, char** argv);
 int serve_command(int argc, char** argv);
+int plan_command(int argc, char** argv);
 
 }  // namespace troupe

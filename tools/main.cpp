@@ -18,6 +18,7 @@ constexpr Command commands[] = {
     {"bench", troupe::bench_command, "decode or prefill step time against the device's measured limits"},
     {"tokenize", troupe::tokenize_command, "text to token ids (or back with --decode), as the server sees them"},
     {"serve", troupe::serve_command, "the OpenAI-compatible HTTP/WebSocket server (vLLM's flags)"},
+    {"plan", troupe::plan_command, "every parallel layout over N GPUs: weights, KV cache and communication per GPU"},
 };
 
 void usage(std::FILE* out) {
