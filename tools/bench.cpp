@@ -11,12 +11,14 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <string_view>
 
 #include "config/error.hpp"
 #include "config/model_config.hpp"
 #include "engine/cpu_backend.hpp"
 #include "engine/decode_graphs.hpp"
 #include "engine/model.hpp"
+#include "tools/bench_serve.hpp"
 #include "tools/commands.hpp"
 #ifdef TROUPE_HAVE_CUDA
 #include "kernels/ceilings.hpp"
@@ -86,13 +88,14 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 }  // namespace
 
 int bench_command(int argc, char** argv) {
+  if (argc > 1 && std::string_view(argv[1]) == "serve") return bench_serve_command(argc - 1, argv + 1);
   po::options_description flags("troupe bench decode|prefill: step time against the device's measured limits");
   std::string mode, model_dir, batches = "1,8,64,256", load_format = "auto", device = "auto";
   int context = 256, steps = 32, tokens = 4096;
   // clang-format off
   flags.add_options()
       ("help,h", "show this help")
-      ("mode", po::value(&mode)->required(), "decode or prefill")
+      ("mode", po::value(&mode)->required(), "decode or prefill (serve: see troupe bench serve --help)")
       ("model", po::value(&model_dir)->required(), "model directory (config.json; weights unless --load-format dummy)")
       ("load-format", po::value(&load_format), "auto or dummy (random weights generated on the device)")
       ("device", po::value(&device), "auto, cpu or cuda")

@@ -15,7 +15,7 @@ struct Command {
 constexpr Command commands[] = {
     {"make-model", troupe::make_model_command, "write a Hugging Face model directory from a preset"},
     {"generate", troupe::generate_command, "run a prompt through a model and print the continuation"},
-    {"bench", troupe::bench_command, "decode or prefill step time against the device's measured limits"},
+    {"bench", troupe::bench_command, "step time against the device's limits (decode|prefill); a server under load (serve)"},
     {"tokenize", troupe::tokenize_command, "text to token ids (or back with --decode), as the server sees them"},
     {"serve", troupe::serve_command, "the OpenAI-compatible HTTP/WebSocket server (vLLM's flags)"},
     {"plan", troupe::plan_command, "every parallel layout over N GPUs: weights, KV cache and communication per GPU"},
