@@ -108,10 +108,9 @@ struct Runtime::Impl {
     for (size_t g : which)
       for (Communicator* c : members[g]) {
         if (!c) continue;
-        if (abort_group(*c, why)) continue;
-#ifdef TROUPE_HAVE_CUDA
-        abort_nccl_communicator(*c, why);
-#endif
+        // NCCL groups are not aborted: ncclCommAbort of a peer's communicator from this thread
+        // waited forever on 4 × H200. A failed GPU worker's peers are left to their own errors.
+        abort_group(*c, why);
       }
   }
 
@@ -195,8 +194,16 @@ void Runtime::Impl::build() {
 #ifdef TROUPE_HAVE_CUDA
     if (nccl) {
       const NcclUniqueId id = make_nccl_unique_id();
+      std::shared_ptr<cuda::PeerAllReduceGroup> peer;
+      if (def.slots.front() == Slot::tp && !options.disable_custom_all_reduce) {
+        std::vector<int> devices;
+        for (int r : def.ranks) devices.push_back(r % gpus);
+        std::string why;
+        peer = make_peer_all_reduce_group(devices, &why);
+        if (!peer && g == 0) log("peer all-reduce off (NCCL alone): " + why);
+      }
       for (int i = 0; i < n; ++i) {
-        NcclSeat seat{def.slots[i], g, {}, i, n};
+        NcclSeat seat{def.slots[i], g, {}, i, n, peer};
         std::copy(id.begin(), id.end(), seat.id.begin());
         seats[def.ranks[i]].push_back(seat);
       }
@@ -248,6 +255,7 @@ void Runtime::Impl::build() {
         spec.device = device;
         spec.device_index = gpus > 0 ? r % gpus : 0;
         spec.dummy_weights = options.load_format == "dummy";
+        spec.enforce_eager = options.enforce_eager;
         spec.gpu_memory_utilization = options.gpu_memory_utilization;
         spec.max_batched_tokens = options.max_num_batched_tokens;
         spec.max_seqs = options.max_num_seqs;
@@ -374,10 +382,11 @@ void Runtime::Impl::stop_all() {
   stop(stages);
   stop(kv_managers);
   stop(expert_shards);
-  // A worker blocked in a collective is released by failing its groups.
-  std::vector<size_t> all(members.size());
-  for (size_t g = 0; g < all.size(); ++g) all[g] = g;
-  abort_groups(all, "the runtime is shutting down");
+  // A CPU worker blocked in a collective is released by failing its groups. A GPU worker's host
+  // never waits in a collective (NCCL's calls only enqueue), and aborting a healthy NCCL group would
+  // wait on its peers' proxies: its members leave by destroying their communicators.
+  for (auto& g : groups)
+    for (auto& c : g) abort_group(*c, "the runtime is shutting down");
   stop(workers);
 }
 

@@ -31,6 +31,8 @@ struct RuntimeOptions {
                                  // --gpu-memory-utilization once weights are loaded
   int num_blocks_override = 0;   // vLLM's --num-gpu-blocks-override: exactly this many blocks
   bool enable_prefix_caching = true;
+  bool enforce_eager = false;              // vLLM's name: no CUDA graphs of decode steps
+  bool disable_custom_all_reduce = false;  // vLLM's name: GPU all-reduces through NCCL alone
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
   int max_model_len = 0;  // 0: the model's max_position_embeddings, capped by the KV cache's capacity

@@ -96,7 +96,7 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
 #ifdef TROUPE_HAVE_CUDA
             NcclUniqueId id;
             std::copy(seat.id.begin(), seat.id.end(), id.begin());
-            self->state.nccl.push_back(make_nccl_communicator(*backend, id, seat.rank, seat.size));
+            self->state.nccl.push_back(make_nccl_communicator(*backend, id, seat.rank, seat.size, seat.peer));
             self->state.seats.push_back(seat);
             if (sp.on_communicator) sp.on_communicator(seat.group, seat.rank, self->state.nccl.back().get());
             seat_of(comms, seat.slot) = self->state.nccl.back().get();
@@ -136,7 +136,7 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
       },
       [=](atoms::allocate, int num_blocks, int block_size) {
         self->state.runner->allocate_kv_cache(num_blocks, block_size, self->state.spec.max_batched_tokens,
-                                              self->state.spec.max_seqs);
+                                              self->state.spec.max_seqs, self->state.spec.enforce_eager);
         return num_blocks;
       },
       [=](atoms::run, const PlanPtr& plan) -> StepResult {

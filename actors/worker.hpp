@@ -15,6 +15,10 @@
 
 namespace troupe {
 
+namespace cuda {
+class PeerAllReduceGroup;
+}
+
 // A worker's seat in one NCCL group (a GPU layout of more than one device): which of its ShardComms
 // the group is, and the group's rendezvous id. Every member of a group joins at once, so a worker
 // joins its groups in the order of `group`, the same order on every worker.
@@ -25,6 +29,7 @@ struct NcclSeat {
   std::array<char, 128> id{};
   int rank = 0;  // in the group
   int size = 0;
+  std::shared_ptr<cuda::PeerAllReduceGroup> peer;  // small all-reduces over peer memory; may be null
 };
 using NcclSeats = std::vector<NcclSeat>;
 
@@ -41,6 +46,7 @@ struct WorkerSpec {
   int device_index = 0;
   int max_positions = 0;
   bool dummy_weights = false;
+  bool enforce_eager = false;  // no decode graphs
   double gpu_memory_utilization = 0.9;
   int max_batched_tokens = 2048;  // sizes the activation reserve kept out of the KV budget
   int max_seqs = 256;

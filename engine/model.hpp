@@ -96,8 +96,10 @@ class Model {
   void reserve_inputs(int tokens, int seqs, int blocks_per_seq) { inputs_.reserve(tokens, seqs, blocks_per_seq); }
   StepInputBuffers& inputs() { return inputs_; }
   // Whether run() can be captured: MoE layers across data-parallel ranks exchange token counts
-  // through the host mid-step, which a captured graph cannot do.
-  bool capturable() const { return comms_.moe == nullptr; }
+  // through the host mid-step, which a captured graph cannot do; and a pipeline stage's graphs of
+  // NCCL send/recv failed on the GPU machine (stages capture one after the other), so stages run
+  // their decode steps eagerly.
+  bool capturable() const { return comms_.moe == nullptr && comms_.prev == nullptr && comms_.next == nullptr; }
 
  private:
   struct Weights;

@@ -19,11 +19,11 @@ int64_t ModelRunner::kv_bytes_per_block(int block_size) const {
          static_cast<int64_t>(dtype_size(backend_->compute_dtype()));
 }
 
-void ModelRunner::allocate_kv_cache(int num_blocks, int block_size, int max_batched_tokens, int max_seqs) {
+void ModelRunner::allocate_kv_cache(int num_blocks, int block_size, int max_batched_tokens, int max_seqs, bool eager) {
   cache_ = model_->allocate_kv_cache(num_blocks, block_size);
   const int blocks_per_seq = (model_->max_positions() + block_size - 1) / block_size;
   model_->reserve_inputs(std::max(max_batched_tokens, 256), std::max(max_seqs, 256), blocks_per_seq);
-  if (backend_->device() == Device::cuda) graphs_ = std::make_unique<DecodeGraphs>(*model_, model_->max_positions());
+  if (backend_->device() == Device::cuda && !eager) graphs_ = std::make_unique<DecodeGraphs>(*model_, model_->max_positions());
 }
 
 StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
@@ -38,8 +38,10 @@ StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
   }
   Tensor hidden;
   std::optional<Tensor> graphed;
-  // Hooks read results on the host mid-step, which a captured graph cannot do.
-  if (graphs_ && !hooks.span && !hooks.routing) graphed = graphs_->forward(plan.batch, cache_);
+  // Spans read the clock mid-step, which a captured graph cannot do; every rank of a group takes the
+  // same path (their collectives must pair up), so the per-rank routing hook does not decide it: a
+  // replayed step reports no routing, and expert statistics count the tokens of eager steps.
+  if (graphs_ && !hooks.span) graphed = graphs_->forward(plan.batch, cache_);
   Tensor logits = graphed ? *graphed : model_->forward(plan.batch, cache_, hooks, &hidden);
   if (!samples()) return result;
   if (!plan.batch.embed_indices.empty()) pool(plan, hidden, result);

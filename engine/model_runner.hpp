@@ -29,7 +29,8 @@ class ModelRunner {
   int64_t kv_bytes_per_block(int block_size) const;
   // Also sizes the model's input buffers for `max_batched_tokens` (so decode graphs, once captured,
   // stay valid).
-  void allocate_kv_cache(int num_blocks, int block_size, int max_batched_tokens = 0, int max_seqs = 0);
+  // `eager`: no decode graphs (vLLM's --enforce-eager).
+  void allocate_kv_cache(int num_blocks, int block_size, int max_batched_tokens = 0, int max_seqs = 0, bool eager = false);
   int num_blocks() const { return cache_.num_blocks; }
 
   // Runs the plan's batch. The result carries sampled tokens on the sampling rank, nothing elsewhere.

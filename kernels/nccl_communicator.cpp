@@ -3,7 +3,6 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -13,6 +12,7 @@
 
 #include "kernels/cuda_backend.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/peer_all_reduce.hpp"
 
 namespace troupe {
 namespace {
@@ -28,10 +28,19 @@ void check(ncclResult_t result, const char* call, ncclComm_t comm = nullptr) {
 }
 #define TROUPE_NCCL_CHECK(call) check((call), #call, comm_)
 
-void disable_nvlink_multicast() {
+void configure_nccl() {
   static std::once_flag once;
-  // Multicast objects are a shared resource of the host; the machines we run on are shared.
-  std::call_once(once, [] { setenv("NCCL_NVLS_ENABLE", "0", 1); });
+  // NVLink multicast objects are a shared resource of the host; the machines we run on are shared.
+  std::call_once(once, [] {
+    setenv("NCCL_NVLS_ENABLE", "0", 1);
+    // Collectives connect at init rather than on first use (see NcclCommunicator::connect); a
+    // setting in the environment wins.
+    setenv("NCCL_RUNTIME_CONNECT", "0", 0);
+    // Buffers of captured operations are registered with the peers at capture time, the host
+    // waiting for them: pipeline stages capture one after another (the next only once this one's
+    // step is done), so the first stage would wait forever.
+    setenv("NCCL_GRAPH_REGISTER", "0", 0);
+  });
 }
 
 ncclDataType_t reduction_type(const Tensor& t, const char* op) {
@@ -57,7 +66,13 @@ bool all_equal(std::span<const int64_t> v) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(const Backend& backend, const NcclUniqueId& id, int rank, int size) : rank_(rank), size_(size) {
+  NcclCommunicator(const Backend& backend, const NcclUniqueId& id, int rank, int size,
+                   std::shared_ptr<cuda::PeerAllReduceGroup> peer)
+      : rank_(rank), size_(size) {
+    if (peer) {
+      peer_ = std::make_unique<cuda::PeerAllReduce>(std::move(peer), rank);
+      peer_limit_ = std::min(peer_->max_bytes(), peer_all_reduce_limit_bytes(size));
+    }
     const CudaStream cs = cuda_stream_of(backend);
     device_ = cs.device;
     stream_ = reinterpret_cast<cudaStream_t>(cs.stream);
@@ -67,25 +82,31 @@ class NcclCommunicator final : public Communicator {
     std::memcpy(&uid, id.data(), sizeof(uid));
     check(ncclCommInitRank(&comm_, size, uid, rank), "ncclCommInitRank");
     grow_counts(256);
+    connect();
   }
 
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
     if (counts_) cudaFree(counts_);
-    if (!aborted_.load()) ncclCommDestroy(comm_);
+    // No ncclCommDestroy: with every rank of a group in one process, NCCL 2.28's destroy of the
+    // last rank to get there waited forever for peers that had already left (seen on 4 × H200).
+    // The communicator's memory stays until the process ends; a runtime lives as long as its
+    // process, so only tests that build many runtimes pay for it.
   }
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
   void all_reduce(const Tensor& inout) override {
-    live("all_reduce");
+    if (peer_ && inout.nbytes() <= peer_limit_ && (inout.dtype() == DType::bf16 || inout.dtype() == DType::f32)) {
+      peer_->all_reduce(inout.data(), static_cast<size_t>(inout.numel()), inout.dtype(), stream_);
+      return;
+    }
     TROUPE_NCCL_CHECK(ncclAllReduce(inout.data(), inout.data(), inout.numel(), reduction_type(inout, "all_reduce"), ncclSum,
                                     comm_, stream_));
   }
 
   void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
-    live("all_gather");
     const size_t rb = row_bytes(in);
     if (all_equal(rows)) {
       TROUPE_NCCL_CHECK(ncclAllGather(in.data(), out.data(), rows.front() * rb, ncclChar, comm_, stream_));
@@ -104,7 +125,6 @@ class NcclCommunicator final : public Communicator {
   }
 
   void reduce_scatter(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
-    live("reduce_scatter");
     const ncclDataType_t type = reduction_type(in, "reduce_scatter");
     const size_t rb = row_bytes(in), es = dtype_size(in.dtype());
     if (all_equal(rows)) {
@@ -125,7 +145,6 @@ class NcclCommunicator final : public Communicator {
 
   void all_to_all(const Tensor& in, std::span<const int64_t> send_rows, const Tensor& out,
                   std::span<const int64_t> recv_rows) override {
-    live("all_to_all");
     const size_t rb = row_bytes(in);
     TROUPE_NCCL_CHECK(ncclGroupStart());
     size_t sent = 0, received = 0;
@@ -143,7 +162,6 @@ class NcclCommunicator final : public Communicator {
   }
 
   void all_gather_counts(std::span<const int64_t> mine, std::span<int64_t> all) override {
-    live("all_gather_counts");
     const size_t n = mine.size();
     grow_counts(n * (size_ + 1));
     int64_t* send = counts_;
@@ -156,28 +174,28 @@ class NcclCommunicator final : public Communicator {
   }
 
   void send(const Tensor& t, int peer) override {
-    live("send");
     TROUPE_NCCL_CHECK(ncclSend(t.data(), t.nbytes(), ncclChar, peer, comm_, stream_));
   }
 
   void recv(const Tensor& t, int peer) override {
-    live("recv");
     TROUPE_NCCL_CHECK(ncclRecv(t.data(), t.nbytes(), ncclChar, peer, comm_, stream_));
   }
 
-  void abort(const std::string& reason) {
-    std::lock_guard lock(abort_mutex_);
-    if (aborted_.exchange(true)) return;
-    reason_ = reason;
-    ncclCommAbort(comm_);
-  }
-
  private:
-  void live(const char* op) {
-    if (aborted_.load()) {
-      std::lock_guard lock(abort_mutex_);
-      throw std::runtime_error(std::string(op) + ": the group was aborted: " + reason_);
+  // NCCL connects a pair of ranks on their first send/recv, and the host of each waits there until the
+  // other arrives too: a pipeline stage's first send would wait for a receive that the next stage only
+  // posts once this stage's step is done. So every pair connects now, while every member is here, and
+  // one collective settles the rest (NCCL_RUNTIME_CONNECT=0 makes collectives connect at init).
+  void connect() {
+    TROUPE_NCCL_CHECK(ncclGroupStart());
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
+      TROUPE_NCCL_CHECK(ncclSend(counts_, 1, ncclInt64, q, comm_, stream_));
+      TROUPE_NCCL_CHECK(ncclRecv(counts_ + 1 + q, 1, ncclInt64, q, comm_, stream_));
     }
+    TROUPE_NCCL_CHECK(ncclGroupEnd());
+    TROUPE_NCCL_CHECK(ncclAllReduce(counts_, counts_, 1, ncclInt64, ncclSum, comm_, stream_));
+    TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
   void grow_counts(size_t n) {
@@ -194,15 +212,14 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   int64_t* counts_ = nullptr;  // device scratch of all_gather_counts
   size_t counts_capacity_ = 0;
-  std::atomic<bool> aborted_{false};
-  std::mutex abort_mutex_;
-  std::string reason_;
+  std::unique_ptr<cuda::PeerAllReduce> peer_;  // small all-reduces, where the GPUs map each other
+  size_t peer_limit_ = 0;
 };
 
 }  // namespace
 
 NcclUniqueId make_nccl_unique_id() {
-  disable_nvlink_multicast();
+  configure_nccl();
   ncclUniqueId uid;
   check(ncclGetUniqueId(&uid), "ncclGetUniqueId");
   NcclUniqueId id;
@@ -210,16 +227,24 @@ NcclUniqueId make_nccl_unique_id() {
   return id;
 }
 
-std::unique_ptr<Communicator> make_nccl_communicator(const Backend& backend, const NcclUniqueId& id, int rank, int size) {
-  disable_nvlink_multicast();
-  return std::make_unique<NcclCommunicator>(backend, id, rank, size);
+size_t peer_all_reduce_limit_bytes(int ranks) {
+  // Measured where the peer kernel stops beating NCCL (docs/benchmarks.md): 
+  return ranks <= 2 ? size_t{4} << 20 : size_t{4} << 20;
 }
 
-bool abort_nccl_communicator(Communicator& comm, const std::string& reason) {
-  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  if (!nccl) return false;
-  nccl->abort(reason);
-  return true;
+std::shared_ptr<cuda::PeerAllReduceGroup> make_peer_all_reduce_group(const std::vector<int>& devices, std::string* why) {
+  try {
+    return cuda::PeerAllReduceGroup::create(devices, peer_all_reduce_limit_bytes(static_cast<int>(devices.size())));
+  } catch (const std::exception& e) {
+    if (why) *why = e.what();
+    return nullptr;
+  }
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(const Backend& backend, const NcclUniqueId& id, int rank, int size,
+                                                     std::shared_ptr<cuda::PeerAllReduceGroup> peer) {
+  configure_nccl();
+  return std::make_unique<NcclCommunicator>(backend, id, rank, size, std::move(peer));
 }
 
 }  // namespace troupe

@@ -8,13 +8,22 @@
 // Models: the tiny fixtures from files, and the qwen3-0.6b and qwen3-30b-a3b presets with dummy
 // weights (one model in every layout, see Model's Loader) when TROUPE_LAYOUT_BIG=1, as on the GPU
 // machine. Layouts: those that fit the visible GPUs (2 or 4).
+#include <execinfo.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <dirent.h>
+#include <thread>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
+#include "config/error.hpp"
 #include "kernels/cuda_backend.hpp"
 #include "tests/runtime_support.hpp"
 #include "tests/test_support.hpp"
@@ -24,6 +33,45 @@ namespace troupe {
 namespace {
 
 constexpr float kNearTie = 0.1f;
+
+// A hung layout prints every thread's stack and ends the program, so the GPU machine's command goes
+// on and the stacks say where it hung.
+void print_stack(int) {
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  char head[64];
+  const int len = std::snprintf(head, sizeof head, "--- thread %ld\n", static_cast<long>(syscall(SYS_gettid)));
+  (void)!write(2, head, len);
+  backtrace_symbols_fd(frames, n, 2);
+}
+
+std::atomic<int64_t> progress_at{0};
+void touch() { progress_at = std::chrono::steady_clock::now().time_since_epoch().count(); }
+
+void start_watchdog(double seconds) {
+  signal(SIGUSR2, print_stack);
+  touch();
+  std::thread([seconds] {
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      const auto idle = std::chrono::steady_clock::now().time_since_epoch() - std::chrono::steady_clock::duration(progress_at.load());
+      if (std::chrono::duration<double>(idle).count() < seconds) continue;
+      std::fprintf(stderr, "no progress for %.0f s: stacks of every thread\n", seconds);
+      if (DIR* d = opendir("/proc/self/task")) {
+        while (dirent* e = readdir(d)) {
+          const long tid = std::atol(e->d_name);
+          if (tid > 0 && tid != syscall(SYS_gettid)) {
+            syscall(SYS_tgkill, getpid(), tid, SIGUSR2);
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          }
+        }
+        closedir(d);
+      }
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      std::_Exit(3);
+    }
+  }).detach();
+}
 
 struct Layout {
   int tp, pp, dp;
@@ -61,10 +109,20 @@ std::vector<test::Outcome> run(const TestModel& m, const Layout& l, const std::v
   o.load_format = m.dummy ? "dummy" : "auto";
   o.kv_cache_memory = int64_t{512} << 20;
   o.max_model_len = 512;
+  o.log = [](const std::string& line) { std::fprintf(stderr, "    %s\n", line.c_str()); };
+  std::fprintf(stderr, "%s %s: starting\n", m.name.c_str(), l.name().c_str());
+  touch();
   Runtime runtime(o);
   const auto start = std::chrono::steady_clock::now();
-  auto out = test::run_jobs(runtime, jobs, 600);
+  auto out = test::run_jobs(runtime, jobs, 120);
   *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "%s %s: requests done in %.2f s\n", m.name.c_str(), l.name().c_str(), *seconds);
+  touch();
+  for (const auto& o : out)
+    if (!o.final.error.empty()) {
+      ADD_FAILURE() << m.name << " " << l.name() << ": " << o.final.error;
+      break;
+    }
   EXPECT_TRUE(runtime.stats().all_idle()) << m.name << " " << l.name() << ": a KV block is held after the run";
   runtime.reset_prefix_cache();
   for (const auto& d : runtime.stats().dp) EXPECT_EQ(d.used_blocks, 0) << m.name << " " << l.name();
@@ -118,6 +176,9 @@ std::filesystem::path config_only(const std::string& preset) {
 }
 
 TEST(LayoutsGpu, EveryLayoutGivesTp1sGreedyTokens) {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);
+  start_watchdog(120);
+  const char* only = std::getenv("TROUPE_LAYOUT_ONLY");  // e.g. "tp2,pp2": just these layouts
   const int gpus = cuda_device_count();
   if (gpus < 2) GTEST_SKIP() << gpus << " CUDA device(s): the layouts need 2 or 4 GPUs (run on nvidia-h100-x2/x4)";
   std::vector<TestModel> models = {{"tiny-llama", test::tiny_model("tiny-llama"), false, false},
@@ -133,11 +194,18 @@ TEST(LayoutsGpu, EveryLayoutGivesTp1sGreedyTokens) {
     std::printf("%s tp1: %.2f s\n", m.name.c_str(), seconds);
     for (const Layout& l : layouts(m.moe, gpus)) {
       if (l.world() > gpus) continue;
+      try {
+        validate_parallel_config(ParallelConfig{l.tp, l.pp, l.dp, l.ep}, load_model_config(m.dir));
+      } catch (const ConfigError&) {
+        continue;  // e.g. pp4 of a two-layer model
+      }
+      if (only && ("," + std::string(only) + ",").find("," + l.name() + ",") == std::string::npos) continue;
       const auto got = run(m, l, jobs, &seconds);
       const int diverged = compare(m, l, jobs, ref, got);
       std::printf("%s %s: %.2f s, %d of %zu requests left tp1's path (at near-ties)\n", m.name.c_str(),
                   l.name().c_str(), seconds, diverged, jobs.size());
       std::fflush(stdout);
+      touch();
     }
   }
 }

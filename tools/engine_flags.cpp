@@ -47,6 +47,9 @@ EngineFlags::EngineFlags() {
       ("num-gpu-blocks-override", po::value(&o_.num_blocks_override), "exactly this many KV blocks per worker")
       ("enable-prefix-caching", po::bool_switch(&prefix_caching_), "reuse the KV of shared prompt prefixes (the default)")
       ("no-enable-prefix-caching", po::bool_switch(&no_prefix_caching_), "turn prefix caching off")
+      ("enforce-eager", po::bool_switch(&o_.enforce_eager), "run decode steps kernel by kernel (no CUDA graphs)")
+      ("disable-custom-all-reduce", po::bool_switch(&o_.disable_custom_all_reduce),
+       "tensor-parallel all-reduces through NCCL only (not the peer-memory kernel for small messages)")
       ("max-num-seqs", po::value(&o_.max_num_seqs), "sequences in one step at most (default 256)")
       ("max-num-batched-tokens", po::value(&o_.max_num_batched_tokens), "tokens in one step at most (default 2048)")
       ("max-model-len", po::value(&o_.max_model_len), "prompt + output tokens of a request at most (default: the model's)")
