@@ -1,9 +1,12 @@
 // Every parallel layout on real GPUs (NCCL between them) computes what one GPU computes: 16
 // concurrent greedy requests of mixed prompt lengths, 32 to 40 tokens each, give the tokens of tp1
-// on one GPU. bf16 sums in another order may flip a near-tie: a layout may leave tp1's path only
-// where tp1's two best tokens were within kNearTie of each other in log-probability, and then it
-// must take tp1's second-best token (the rest of that request is not compared). Afterwards no KV
-// block is held.
+// on one GPU. bf16 sums in another order may flip a near-tie: a dense model may leave tp1's path
+// only where tp1's two best tokens were within kNearTie of each other in log-probability, and then
+// it must take tp1's second-best token (the rest of that request is not compared). In an MoE model
+// the same rounding also flips near-ties of the router, which sends a token to another expert and
+// moves its logits further: there a layout may leave where tp1's best token led by at most
+// kNearTieMoe, taking one of tp1's five best (the CPU backend's f32 runs of the same layouts agree
+// to 1e-6: runtime_layouts_test). Afterwards no KV block is held.
 //
 // Models: the tiny fixtures from files, and the qwen3-0.6b and qwen3-30b-a3b presets with dummy
 // weights (one model in every layout, see Model's Loader) when TROUPE_LAYOUT_BIG=1, as on the GPU
@@ -33,6 +36,7 @@ namespace troupe {
 namespace {
 
 constexpr float kNearTie = 0.1f;
+constexpr float kNearTieMoe = 0.3f;
 
 // A hung layout prints every thread's stack and ends the program, so the GPU machine's command goes
 // on and the stacks say where it hung.
@@ -96,7 +100,7 @@ std::vector<test::Job> jobs_for(int vocab) {
     j.params.temperature = 0;
     j.params.max_tokens = 32 + static_cast<int>(rng() % 9);
     j.params.ignore_eos = true;
-    j.params.logprobs = 2;
+    j.params.logprobs = 5;
   }
   return jobs;
 }
@@ -144,9 +148,12 @@ int compare(const TestModel& m, const Layout& l, const std::vector<test::Job>& j
       const float gap = b.top.size() >= 2 ? b.top[0].logprob - b.top[1].logprob : INFINITY;
       std::printf("  %s %s request %zu token %zu: %d instead of %d; tp1's top-2 gap %.4f\n", m.name.c_str(),
                   l.name().c_str(), i, k, a.token, b.token, gap);
-      EXPECT_LE(gap, kNearTie) << m.name << " " << l.name() << " request " << i << " token " << k
-                               << ": left tp1's path where it was no near-tie";
-      EXPECT_TRUE(b.top.size() >= 2 && a.token == b.top[1].token) << "not tp1's second-best token";
+      EXPECT_LE(gap, m.moe ? kNearTieMoe : kNearTie)
+          << m.name << " " << l.name() << " request " << i << " token " << k << ": left tp1's path where it was no near-tie";
+      const size_t within = m.moe ? b.top.size() : std::min<size_t>(2, b.top.size());
+      bool among = false;
+      for (size_t j = 1; j < within; ++j) among = among || a.token == b.top[j].token;
+      EXPECT_TRUE(among) << "not among tp1's " << (m.moe ? "five best" : "two best") << " tokens";
       break;
     }
   }
