@@ -310,15 +310,23 @@ void Runtime::Impl::build() {
     throw ConfigError("--max-model-len (" + std::to_string(options.max_model_len) + ") exceeds the " +
                       std::to_string(capacity) + " tokens the KV cache holds; lower it or give the cache more memory");
   max_model_len = std::min(wanted_len, capacity);
-  for (int d = 0; d < dp; ++d) {
-    for (int s = 0; s < pp; ++s)
-      for (int t = 0; t < tp; ++t) {
-        self->request(workers[p.rank(d, s, t)], caf::infinite, atoms::allocate::value, blocks[d], options.block_size)
-            .receive([](int) {}, [&](caf::error& e) { throw std::runtime_error(system->render(e)); });
-      }
+  // All at once: each worker captures its decode graphs here, and the warm-up runs of a group's
+  // members join their collectives.
+  {
+    std::vector<decltype(self->request(workers[0], caf::infinite, atoms::allocate::value, 0, 0))> allocations;
+    for (int r = 0; r < world; ++r)
+      allocations.push_back(self->request(workers[r], caf::infinite, atoms::allocate::value,
+                                          blocks[r / (pp * tp)], options.block_size));
+    std::string failed;
+    for (auto& a : allocations)
+      a.receive([](int) {}, [&](caf::error& e) {
+        if (failed.empty()) failed = system->render(e);
+      });
+    if (!failed.empty()) throw std::runtime_error(failed);
+  }
+  for (int d = 0; d < dp; ++d)
     log("dp" + std::to_string(d) + ": " + std::to_string(blocks[d]) + " KV blocks of " +
         std::to_string(options.block_size) + " tokens per worker");
-  }
   log("layout " + p.name() + ", max model length " + std::to_string(max_model_len));
 
   // The control plane: block managers, schedulers, pipeline stages (last to first), the router.

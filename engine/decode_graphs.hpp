@@ -21,6 +21,11 @@ class DecodeGraphs {
   // The logits of a pure decode batch (every sequence one new token) through a replayed graph, or
   // nothing when the backend has no graphs or the batch is not one this serves (then run it eagerly).
   std::optional<Tensor> forward(const StepBatch& batch, const KvCache& cache);
+  // Captures every size now (a server does it at start-up, so no request waits for it); forward()
+  // captures again only when the model's input buffers or the cache moved. Every rank of a group
+  // must capture at the same time (the warm-up runs join their collectives). False when this model
+  // or backend has no graphs.
+  bool capture(const KvCache& cache, int block_size);
 
  private:
   struct Captured {

@@ -23,7 +23,10 @@ void ModelRunner::allocate_kv_cache(int num_blocks, int block_size, int max_batc
   cache_ = model_->allocate_kv_cache(num_blocks, block_size);
   const int blocks_per_seq = (model_->max_positions() + block_size - 1) / block_size;
   model_->reserve_inputs(std::max(max_batched_tokens, 256), std::max(max_seqs, 256), blocks_per_seq);
-  if (backend_->device() == Device::cuda && !eager) graphs_ = std::make_unique<DecodeGraphs>(*model_, model_->max_positions());
+  if (backend_->device() == Device::cuda && !eager) {
+    graphs_ = std::make_unique<DecodeGraphs>(*model_, model_->max_positions());
+    graphs_->capture(cache_, block_size);
+  }
 }
 
 StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
