@@ -274,6 +274,18 @@ std::vector<Preset> build_presets() {
   p.push_back({"llama-3.1-8b", "meta-llama/Llama-3.1-8B", F::llama3,
                llama3_config(4096, 14336, 32, 8.0, false, false, "4.43.0.dev0"), llama3_generation("4.42.3")});
   p.push_back({"qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", F::qwen3, qwen3_moe_config(), qwen3_generation()});
+  // Config-only models for layout planning (70 GB and 470 GB of bf16 weights; --config-only).
+  p.push_back({"llama-3.1-70b", "meta-llama/Llama-3.1-70B", F::llama3,
+               with(llama3_config(8192, 28672, 80, 8.0, false, false, "4.43.0.dev0"), {{"num_attention_heads", 64}}),
+               llama3_generation("4.42.3")});
+  p.push_back({"qwen3-235b-a22b", "Qwen/Qwen3-235B-A22B", F::qwen3,
+               with(qwen3_moe_config(), {{"hidden_size", 4096},
+                                         {"intermediate_size", 12288},
+                                         {"max_window_layers", 94},
+                                         {"moe_intermediate_size", 1536},
+                                         {"num_attention_heads", 64},
+                                         {"num_hidden_layers", 94}}),
+               qwen3_generation()});
   p.push_back({"mixtral-8x7b", "mistralai/Mixtral-8x7B-v0.1", F::llama2, mixtral_config(), mixtral_generation()});
   p.push_back({"qwen1.5-moe-a2.7b", "Qwen/Qwen1.5-MoE-A2.7B", F::qwen3, qwen2_moe_config(), qwen2_moe_generation()});
 
