@@ -12,16 +12,20 @@
 #ifdef TROUPE_HAVE_CUDA
 #include "kernels/cuda_backend.hpp"
 #include "kernels/gpu_logits_sampler.hpp"
+#include "kernels/gpu_timed_communicator.hpp"
 #include "kernels/nccl_communicator.hpp"
 #endif
 
 namespace troupe {
+class GpuTimedCommunicator;
 namespace {
 
 struct WorkerState {
   WorkerSpec spec;
   CollectiveTimes times;
-  std::vector<std::unique_ptr<TimedCommunicator>> timed;  // what the model talks through
+  std::vector<std::unique_ptr<Communicator>> timed;  // what the model talks through
+  std::vector<GpuTimedCommunicator*> gpu_timed;     // those of `timed` that time with CUDA events
+  uint64_t steps = 0;
   std::unique_ptr<ModelRunner> runner;
   // Declared after the runner: destroyed before the backend they run on.
   std::vector<std::unique_ptr<Communicator>> nccl;
@@ -106,6 +110,15 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           }
           for (Communicator** c : {&comms.tp, &comms.moe, &comms.prev, &comms.next}) {
             if (!*c) continue;
+#ifdef TROUPE_HAVE_CUDA
+            if (sp.device == "cuda") {
+              auto timed = make_gpu_timed_communicator(**c, *backend, self->state.times);
+              self->state.gpu_timed.push_back(timed.get());
+              self->state.timed.push_back(std::move(timed));
+              *c = self->state.timed.back().get();
+              continue;
+            }
+#endif
             self->state.timed.push_back(std::make_unique<TimedCommunicator>(**c, self->state.times));
             *c = self->state.timed.back().get();
           }
@@ -168,6 +181,14 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           };
         }
         const auto start = trace ? trace->now() : TraceRecorder::Clock::time_point{};
+        // GPU collectives: times of earlier sampled steps whose events have completed, and whether
+        // this step is sampled (one in kGpuTimingPeriod keeps the events' cost well under 1%).
+        constexpr uint64_t kGpuTimingPeriod = 16;
+        const bool sampled = st.steps++ % kGpuTimingPeriod == 0;
+        for (GpuTimedCommunicator* c : st.gpu_timed) {
+          c->collect();
+          c->sample(sampled);
+        }
         try {
           StepResult r = st.runner->run(*plan, hooks);
           if (!routed.empty())

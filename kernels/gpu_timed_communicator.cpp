@@ -1,0 +1,122 @@
+#include "kernels/gpu_timed_communicator.hpp"
+
+#include <cuda_runtime.h>
+
+#include <deque>
+#include <vector>
+
+#include "kernels/cuda_backend.hpp"
+#include "kernels/cuda_check.hpp"
+
+namespace troupe {
+namespace {
+
+class EventTimedCommunicator final : public GpuTimedCommunicator {
+ public:
+  EventTimedCommunicator(Communicator& inner, const Backend& backend, CollectiveTimes& times)
+      : inner_(inner), times_(times) {
+    const CudaStream cs = cuda_stream_of(backend);
+    device_ = cs.device;
+    stream_ = reinterpret_cast<cudaStream_t>(cs.stream);
+  }
+
+  ~EventTimedCommunicator() override {
+    cudaSetDevice(device_);
+    for (const Pending& p : pending_) {
+      cudaEventDestroy(p.start);
+      cudaEventDestroy(p.end);
+    }
+    for (cudaEvent_t e : free_) cudaEventDestroy(e);
+  }
+
+  void sample(bool on) override { sampling_ = on; }
+
+  void collect() override {
+    while (!pending_.empty()) {
+      Pending& p = pending_.front();
+      const cudaError_t state = cudaEventQuery(p.end);
+      if (state == cudaErrorNotReady) return;  // later ones are behind it on the same stream
+      float ms = 0;
+      if (state == cudaSuccess && cudaEventElapsedTime(&ms, p.start, p.end) == cudaSuccess)
+        times_.add(p.kind, ms / 1000.0);
+      cudaGetLastError();
+      free_.push_back(p.start);
+      free_.push_back(p.end);
+      pending_.pop_front();
+    }
+  }
+
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  void all_reduce(const Tensor& t) override {
+    timed(Collective::all_reduce, [&] { inner_.all_reduce(t); });
+  }
+  void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
+    timed(Collective::all_gather, [&] { inner_.all_gather(in, out, rows); });
+  }
+  void reduce_scatter(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
+    timed(Collective::reduce_scatter, [&] { inner_.reduce_scatter(in, out, rows); });
+  }
+  void all_to_all(const Tensor& in, std::span<const int64_t> send_rows, const Tensor& out,
+                  std::span<const int64_t> recv_rows) override {
+    timed(Collective::all_to_all, [&] { inner_.all_to_all(in, send_rows, out, recv_rows); });
+  }
+  void all_gather_counts(std::span<const int64_t> mine, std::span<int64_t> all) override {
+    inner_.all_gather_counts(mine, all);  // bookkeeping of the variable-size collectives, not data
+  }
+  void send(const Tensor& t, int peer) override {
+    timed(Collective::send_recv, [&] { inner_.send(t, peer); });
+  }
+  void recv(const Tensor& t, int peer) override {
+    timed(Collective::send_recv, [&] { inner_.recv(t, peer); });
+  }
+
+ private:
+  struct Pending {
+    Collective kind;
+    cudaEvent_t start, end;
+  };
+
+  cudaEvent_t event() {
+    if (!free_.empty()) {
+      cudaEvent_t e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    TROUPE_CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+  }
+
+  template <class F>
+  void timed(Collective kind, F&& f) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (sampling_) TROUPE_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    if (!sampling_ || capture != cudaStreamCaptureStatusNone) {
+      f();
+      return;
+    }
+    Pending p{kind, event(), event()};
+    TROUPE_CUDA_CHECK(cudaEventRecord(p.start, stream_));
+    f();
+    TROUPE_CUDA_CHECK(cudaEventRecord(p.end, stream_));
+    pending_.push_back(p);
+  }
+
+  Communicator& inner_;
+  CollectiveTimes& times_;
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  bool sampling_ = false;
+  std::deque<Pending> pending_;
+  std::vector<cudaEvent_t> free_;
+};
+
+}  // namespace
+
+std::unique_ptr<GpuTimedCommunicator> make_gpu_timed_communicator(Communicator& inner, const Backend& backend,
+                                                                  CollectiveTimes& times) {
+  return std::make_unique<EventTimedCommunicator>(inner, backend, times);
+}
+
+}  // namespace troupe
