@@ -10,5 +10,7 @@ int tokenize_command(int argc, char** argv);
 int bench_command(int argc, char** argv);
 int serve_command(int argc, char** argv);
 int plan_command(int argc, char** argv);
+int sweep_command(int argc, char** argv);
+int advise_command(int argc, char** argv);
 
 }  // namespace troupe

@@ -19,6 +19,8 @@ constexpr Command commands[] = {
     {"tokenize", troupe::tokenize_command, "text to token ids (or back with --decode), as the server sees them"},
     {"serve", troupe::serve_command, "the OpenAI-compatible HTTP/WebSocket server (vLLM's flags)"},
     {"plan", troupe::plan_command, "every parallel layout over N GPUs: weights, KV cache and communication per GPU"},
+    {"sweep", troupe::sweep_command, "serve and benchmark each layout at each concurrency: CSV, JSON, plots, winners"},
+    {"advise", troupe::advise_command, "a layout per load regime from a sweep's measurements, with the reasons"},
 };
 
 void usage(std::FILE* out) {
