@@ -70,8 +70,8 @@ struct Runtime::Impl {
   // Declared before the actor system, so they outlive it and the workers that use them.
   std::unique_ptr<TraceRecorder> trace;
   std::vector<std::vector<std::unique_ptr<Communicator>>> groups;  // the CPU's thread groups
-  // Every group's members by rank in the group (thread or NCCL communicators; null until a worker
-  // has joined, and after it left), so that a failing worker can fail its groups.
+  // Every thread group's members by rank in the group (null for NCCL groups), so that a failing CPU
+  // worker can fail its groups.
   std::mutex members_mutex;
   std::vector<std::vector<Communicator*>> members;
   caf::actor_system_config cfg;
@@ -103,13 +103,13 @@ struct Runtime::Impl {
     return spec;
   }
 
+  // NCCL groups are not aborted: ncclCommAbort of a peer's communicator from another thread waited
+  // forever on 4 × H200, so a failed GPU worker's peers are left to their own errors.
   void abort_groups(const std::vector<size_t>& which, const std::string& why) {
     std::lock_guard lock(members_mutex);
     for (size_t g : which)
       for (Communicator* c : members[g]) {
         if (!c) continue;
-        // NCCL groups are not aborted: ncclCommAbort of a peer's communicator from this thread
-        // waited forever on 4 × H200. A failed GPU worker's peers are left to their own errors.
         abort_group(*c, why);
       }
   }
@@ -247,10 +247,6 @@ void Runtime::Impl::build() {
         spec.shard = {p, t, s, d};
         spec.comms = comms[r];
         spec.abort_comms = [this, mine = groups_of[r]](const std::string& why) { abort_groups(mine, why); };
-        spec.on_communicator = [this](size_t g, int i, Communicator* c) {
-          std::lock_guard lock(members_mutex);
-          members[g][i] = c;
-        };
         spec.model_dir = options.model_dir;
         spec.device = device;
         spec.device_index = gpus > 0 ? r % gpus : 0;
@@ -391,8 +387,8 @@ void Runtime::Impl::stop_all() {
   stop(kv_managers);
   stop(expert_shards);
   // A CPU worker blocked in a collective is released by failing its groups. A GPU worker's host
-  // never waits in a collective (NCCL's calls only enqueue), and aborting a healthy NCCL group would
-  // wait on its peers' proxies: its members leave by destroying their communicators.
+  // never waits in a collective (NCCL's calls only enqueue); its communicators are left to the
+  // process's end (kernels/nccl_communicator.cpp says why).
   for (auto& g : groups)
     for (auto& c : g) abort_group(*c, "the runtime is shutting down");
   stop(workers);

@@ -29,18 +29,9 @@ struct WorkerState {
   std::unique_ptr<ModelRunner> runner;
   // Declared after the runner: destroyed before the backend they run on.
   std::vector<std::unique_ptr<Communicator>> nccl;
-  NcclSeats seats;
   std::string track;
   bool failed = false;
   static inline const char* name = "worker";
-
-  WorkerState() = default;
-  WorkerState(const WorkerState&) = delete;
-  WorkerState& operator=(const WorkerState&) = delete;
-  ~WorkerState() {
-    for (size_t i = 0; i < nccl.size() && spec.on_communicator; ++i)
-      spec.on_communicator(seats[i].group, seats[i].rank, nullptr);
-  }
 };
 
 Communicator*& seat_of(ShardComms& comms, NcclSeat::Slot slot) {
@@ -101,8 +92,6 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
             NcclUniqueId id;
             std::copy(seat.id.begin(), seat.id.end(), id.begin());
             self->state.nccl.push_back(make_nccl_communicator(*backend, id, seat.rank, seat.size, seat.peer));
-            self->state.seats.push_back(seat);
-            if (sp.on_communicator) sp.on_communicator(seat.group, seat.rank, self->state.nccl.back().get());
             seat_of(comms, seat.slot) = self->state.nccl.back().get();
 #else
             throw std::runtime_error("NCCL groups need a CUDA build");

@@ -38,9 +38,6 @@ struct WorkerSpec {
   ModelShard shard;
   ShardComms comms;
   std::function<void(const std::string&)> abort_comms;  // fails this worker's groups: peers stop waiting
-  // Told of each NCCL communicator the worker joins (and of nullptr when it leaves), so that
-  // abort_comms can reach every member of a group.
-  std::function<void(size_t group, int rank, Communicator*)> on_communicator;
   std::filesystem::path model_dir;
   std::string device = "cpu";
   int device_index = 0;
