@@ -203,7 +203,7 @@ void Runtime::Impl::build() {
         if (!peer && g == 0) log("peer all-reduce off (NCCL alone): " + why);
       }
       for (int i = 0; i < n; ++i) {
-        NcclSeat seat{def.slots[i], g, {}, i, n, peer};
+        NcclSeat seat{def.slots[i], {}, i, n, peer};
         std::copy(id.begin(), id.end(), seat.id.begin());
         seats[def.ranks[i]].push_back(seat);
       }

@@ -21,11 +21,10 @@ class PeerAllReduceGroup;
 
 // A worker's seat in one NCCL group (a GPU layout of more than one device): which of its ShardComms
 // the group is, and the group's rendezvous id. Every member of a group joins at once, so a worker
-// joins its groups in the order of `group`, the same order on every worker.
+// joins its groups in the order of its seats, which follow one order of groups on every worker.
 struct NcclSeat {
   enum class Slot : uint8_t { tp, moe, prev, next };
   Slot slot = Slot::tp;
-  size_t group = 0;  // the runtime's index of the group
   std::array<char, 128> id{};
   int rank = 0;  // in the group
   int size = 0;
@@ -37,7 +36,7 @@ struct WorkerSpec {
   int rank = 0;  // in the world
   ModelShard shard;
   ShardComms comms;
-  std::function<void(const std::string&)> abort_comms;  // fails this worker's groups: peers stop waiting
+  std::function<void(const std::string&)> abort_comms;  // fails its CPU thread groups: peers stop waiting
   std::filesystem::path model_dir;
   std::string device = "cpu";
   int device_index = 0;
