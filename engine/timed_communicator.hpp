@@ -6,6 +6,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <type_traits>
 
 #include "engine/communicator.hpp"
 
@@ -22,45 +23,68 @@ struct CollectiveTimes {
   }
 };
 
-class TimedCommunicator final : public Communicator {
+// Forwards every collective to `inner` through measure(kind, call), which runs the call and books
+// its time however the subclass measures it (wall clock here, CUDA events in kernels/).
+class MeasuredCommunicator : public Communicator {
  public:
-  // `inner` must outlive this object; times accumulate into `times`.
-  TimedCommunicator(Communicator& inner, CollectiveTimes& times) : inner_(inner), times_(times) {}
+  // `inner` must outlive this object.
+  explicit MeasuredCommunicator(Communicator& inner) : inner_(inner) {}
 
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
   void all_reduce(const Tensor& t) override {
-    timed(Collective::all_reduce, [&] { inner_.all_reduce(t); });
+    measure(Collective::all_reduce, [&] { inner_.all_reduce(t); });
   }
   void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
-    timed(Collective::all_gather, [&] { inner_.all_gather(in, out, rows); });
+    measure(Collective::all_gather, [&] { inner_.all_gather(in, out, rows); });
   }
   void reduce_scatter(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
-    timed(Collective::reduce_scatter, [&] { inner_.reduce_scatter(in, out, rows); });
+    measure(Collective::reduce_scatter, [&] { inner_.reduce_scatter(in, out, rows); });
   }
   void all_to_all(const Tensor& in, std::span<const int64_t> send_rows, const Tensor& out,
                   std::span<const int64_t> recv_rows) override {
-    timed(Collective::all_to_all, [&] { inner_.all_to_all(in, send_rows, out, recv_rows); });
+    measure(Collective::all_to_all, [&] { inner_.all_to_all(in, send_rows, out, recv_rows); });
   }
   void all_gather_counts(std::span<const int64_t> mine, std::span<int64_t> all) override {
     inner_.all_gather_counts(mine, all);  // bookkeeping of the variable-size collectives, not data
   }
   void send(const Tensor& t, int peer) override {
-    timed(Collective::send_recv, [&] { inner_.send(t, peer); });
+    measure(Collective::send_recv, [&] { inner_.send(t, peer); });
   }
   void recv(const Tensor& t, int peer) override {
-    timed(Collective::send_recv, [&] { inner_.recv(t, peer); });
+    measure(Collective::send_recv, [&] { inner_.recv(t, peer); });
   }
 
+ protected:
+  // The forwarded call, by reference: nothing is allocated on a step's path.
+  class Call {
+   public:
+    template <class F>
+      requires(!std::is_same_v<std::remove_cvref_t<F>, Call>)
+    Call(F&& f) : f_(&f), run_([](void* p) { (*static_cast<std::remove_reference_t<F>*>(p))(); }) {}
+    void operator()() const { run_(f_); }
+
+   private:
+    void* f_;
+    void (*run_)(void*);
+  };
+  virtual void measure(Collective kind, Call call) = 0;
+
+  Communicator& inner_;
+};
+
+class TimedCommunicator final : public MeasuredCommunicator {
+ public:
+  // `inner` must outlive this object; times accumulate into `times`.
+  TimedCommunicator(Communicator& inner, CollectiveTimes& times) : MeasuredCommunicator(inner), times_(times) {}
+
  private:
-  template <class F>
-  void timed(Collective kind, F&& f) {
+  void measure(Collective kind, Call call) override {
     const auto start = std::chrono::steady_clock::now();
-    f();
+    call();
     times_.add(kind, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
 
-  Communicator& inner_;
   CollectiveTimes& times_;
 };
 

@@ -14,7 +14,7 @@ namespace {
 class EventTimedCommunicator final : public GpuTimedCommunicator {
  public:
   EventTimedCommunicator(Communicator& inner, const Backend& backend, CollectiveTimes& times)
-      : inner_(inner), times_(times) {
+      : GpuTimedCommunicator(inner), times_(times) {
     const CudaStream cs = cuda_stream_of(backend);
     device_ = cs.device;
     stream_ = reinterpret_cast<cudaStream_t>(cs.stream);
@@ -46,31 +46,6 @@ class EventTimedCommunicator final : public GpuTimedCommunicator {
     }
   }
 
-  int rank() const override { return inner_.rank(); }
-  int size() const override { return inner_.size(); }
-  void all_reduce(const Tensor& t) override {
-    timed(Collective::all_reduce, [&] { inner_.all_reduce(t); });
-  }
-  void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
-    timed(Collective::all_gather, [&] { inner_.all_gather(in, out, rows); });
-  }
-  void reduce_scatter(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
-    timed(Collective::reduce_scatter, [&] { inner_.reduce_scatter(in, out, rows); });
-  }
-  void all_to_all(const Tensor& in, std::span<const int64_t> send_rows, const Tensor& out,
-                  std::span<const int64_t> recv_rows) override {
-    timed(Collective::all_to_all, [&] { inner_.all_to_all(in, send_rows, out, recv_rows); });
-  }
-  void all_gather_counts(std::span<const int64_t> mine, std::span<int64_t> all) override {
-    inner_.all_gather_counts(mine, all);  // bookkeeping of the variable-size collectives, not data
-  }
-  void send(const Tensor& t, int peer) override {
-    timed(Collective::send_recv, [&] { inner_.send(t, peer); });
-  }
-  void recv(const Tensor& t, int peer) override {
-    timed(Collective::send_recv, [&] { inner_.recv(t, peer); });
-  }
-
  private:
   struct Pending {
     Collective kind;
@@ -88,22 +63,20 @@ class EventTimedCommunicator final : public GpuTimedCommunicator {
     return e;
   }
 
-  template <class F>
-  void timed(Collective kind, F&& f) {
+  void measure(Collective kind, Call call) override {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (sampling_) TROUPE_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
     if (!sampling_ || capture != cudaStreamCaptureStatusNone) {
-      f();
+      call();
       return;
     }
     Pending p{kind, event(), event()};
     TROUPE_CUDA_CHECK(cudaEventRecord(p.start, stream_));
-    f();
+    call();
     TROUPE_CUDA_CHECK(cudaEventRecord(p.end, stream_));
     pending_.push_back(p);
   }
 
-  Communicator& inner_;
   CollectiveTimes& times_;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

@@ -12,9 +12,9 @@
 
 namespace troupe {
 
-class GpuTimedCommunicator : public Communicator {
+class GpuTimedCommunicator : public MeasuredCommunicator {
  public:
-  virtual ~GpuTimedCommunicator() = default;
+  using MeasuredCommunicator::MeasuredCommunicator;
   // Whether the collectives called from now on are timed.
   virtual void sample(bool on) = 0;
   // Adds the times of completed timed collectives to the CollectiveTimes given at construction.
