@@ -26,63 +26,21 @@
 #include "engine/dtype.hpp"
 #include "engine/rope.hpp"
 #include "kernels/cuda_backend.hpp"
+#include "tests/gpu_compare.hpp"
 
 namespace troupe {
 namespace {
 
 using Shape = std::vector<int64_t>;
 
-constexpr double tolerance = 1e-2;
-constexpr uint16_t bf16_nan = 0xffff;
 constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
 constexpr int32_t bad_block = 1 << 29;  // pads block tables past a sequence's blocks
 
-int64_t count(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  return n;
-}
-
-// Values that bf16 holds exactly, drawn from N(mean, stddev).
-std::vector<float> random_values(int64_t n, uint32_t seed, float mean = 0.0f, float stddev = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(mean, stddev);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = bf16_to_f32(f32_to_bf16(dist(rng)));
-  return v;
-}
-
-std::vector<float> read(Backend& backend, const Tensor& t) {
-  std::vector<float> v(static_cast<size_t>(t.numel()));
-  backend.download(t, v.data());
-  return v;
-}
-
-// ‖out − ref‖ / ‖ref‖ over all elements, and no NaN or infinity in out.
-void expect_close(const std::vector<float>& out, const std::vector<float>& ref, const std::string& what) {
-  ASSERT_EQ(out.size(), ref.size()) << what;
-  double diff2 = 0.0, ref2 = 0.0;
-  int64_t bad = 0, first_bad = -1;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (!std::isfinite(out[i])) {
-      if (bad++ == 0) first_bad = static_cast<int64_t>(i);
-      continue;
-    }
-    const double d = static_cast<double>(out[i]) - ref[i];
-    diff2 += d * d;
-    ref2 += static_cast<double>(ref[i]) * ref[i];
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << out.size() << " outputs not finite, first at " << first_bad;
-  ASSERT_GT(ref2, 0.0) << what << ": reference is all zeros, the comparison would say nothing";
-  const double rel = std::sqrt(diff2 / ref2);
-  EXPECT_LE(rel, tolerance) << what << ": relative error " << rel;
-}
-
-void expect_untouched(const std::vector<float>& guard, const std::string& what) {
-  int64_t touched = 0;
-  for (float v : guard) touched += !std::isnan(v);
-  EXPECT_EQ(touched, 0) << what << ": " << touched << " elements written outside the output";
-}
+using test::count_of;
+using test::expect_close;
+using test::expect_untouched;
+using test::random_values;
+using test::read;
 
 struct Seq {
   int query_len;
@@ -177,12 +135,7 @@ class AttentionGpuTest : public ::testing::Test {
     be.upload(HostView{v.data(), DType::i32, shape}, t);
     return t;
   }
-  Tensor poisoned_gpu(const Shape& shape) {
-    Tensor t = gpu_->allocate(shape, DType::bf16);
-    std::vector<uint16_t> nan(static_cast<size_t>(count(shape)), bf16_nan);
-    gpu_->upload(HostView{nan.data(), DType::bf16, shape}, t);
-    return t;
-  }
+  Tensor poisoned_gpu(const Shape& shape) { return test::poisoned_bf16(*gpu_, shape); }
   static AttentionMetadata meta_on(Backend& be, const HostBatch& b) {
     AttentionMetadata m;
     m.positions = i32_on(be, b.positions);
@@ -232,9 +185,9 @@ class AttentionMatchesCpu : public AttentionGpuTest {
 
     const int64_t kv = layout.kv_size();
     const Shape cache_shape{num_blocks, bs, c.kv_heads, c.head_dim};
-    std::vector<float> k(static_cast<size_t>(count(cache_shape)), nan_f), v = k;
-    const auto k_values = random_values(count(cache_shape), seed + 1);
-    const auto v_values = random_values(count(cache_shape), seed + 2);
+    std::vector<float> k(static_cast<size_t>(count_of(cache_shape)), nan_f), v = k;
+    const auto k_values = random_values(count_of(cache_shape), seed + 1);
+    const auto v_values = random_values(count_of(cache_shape), seed + 2);
     for (size_t s = 0; s < c.seqs.size(); ++s) {
       for (int pos = 0; pos < c.seqs[s].context_len; ++pos) {
         const int64_t slot = static_cast<int64_t>(tables[s][pos / bs]) * bs + pos % bs;
@@ -427,7 +380,7 @@ TEST_F(AttentionGpuTest, RopeStoreKvMatchesCpu) {
       const RopeValues rope = llama3_rope(h.head_dim, max_positions);
       const Shape rope_shape{max_positions, h.head_dim / 2};
       const Shape cache_shape{num_slots, 1, h.kv_heads, h.head_dim};
-      const std::vector<float> poison(static_cast<size_t>(count(cache_shape)), nan_f);
+      const std::vector<float> poison(static_cast<size_t>(count_of(cache_shape)), nan_f);
       const auto qkv = random_values(tokens * layout.width(), seed * 7);
 
       Tensor qkv_cpu = on(*cpu_, qkv, {tokens, layout.width()});
@@ -546,7 +499,7 @@ TEST_F(AttentionGpuTest, StepsOfRopeStoreAndAttentionMatchCpu) {
     int num_blocks = 0;
     for (const auto& t : tables) num_blocks = std::max(num_blocks, 1 + *std::max_element(t.begin(), t.end()));
     const Shape cache_shape{num_blocks + 2, bs, p.kv_heads, p.head_dim};
-    const std::vector<float> poison(static_cast<size_t>(count(cache_shape)), nan_f);
+    const std::vector<float> poison(static_cast<size_t>(count_of(cache_shape)), nan_f);
     KvLayer cache_cpu{on(*cpu_, poison, cache_shape), on(*cpu_, poison, cache_shape)};
     KvLayer cache_gpu{on(*gpu_, poison, cache_shape), on(*gpu_, poison, cache_shape)};
     const float scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));

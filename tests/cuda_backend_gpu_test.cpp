@@ -16,76 +16,21 @@
 #include "engine/cpu_backend.hpp"
 #include "engine/dtype.hpp"
 #include "kernels/cuda_backend.hpp"
+#include "tests/gpu_compare.hpp"
 
 namespace troupe {
 namespace {
 
 using Shape = std::vector<int64_t>;
 
-constexpr double tolerance = 1e-2;
 constexpr float eps = 1e-6f;
-constexpr uint16_t bf16_nan = 0xffff;
 
-int64_t count(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  return n;
-}
-
-// Values that bf16 holds exactly, drawn from N(mean, stddev).
-std::vector<float> random_values(int64_t n, uint32_t seed, float mean = 0.0f, float stddev = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(mean, stddev);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = bf16_to_f32(f32_to_bf16(dist(rng)));
-  return v;
-}
-
-std::vector<float> read(Backend& backend, const Tensor& t) {
-  std::vector<float> v(static_cast<size_t>(t.numel()));
-  backend.download(t, v.data());
-  return v;
-}
-
-// ‖out − ref‖ / ‖ref‖ over all elements, and no NaN or infinity in out.
-void expect_close(const std::vector<float>& out, const std::vector<float>& ref, const std::string& what) {
-  ASSERT_EQ(out.size(), ref.size()) << what;
-  double diff2 = 0.0, ref2 = 0.0;
-  int64_t bad = 0, first_bad = -1;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (!std::isfinite(out[i])) {
-      if (bad++ == 0) first_bad = static_cast<int64_t>(i);
-      continue;
-    }
-    const double d = static_cast<double>(out[i]) - ref[i];
-    diff2 += d * d;
-    ref2 += static_cast<double>(ref[i]) * ref[i];
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << out.size() << " outputs not finite, first at " << first_bad;
-  ASSERT_GT(ref2, 0.0) << what << ": reference is all zeros, the comparison would say nothing";
-  const double rel = std::sqrt(diff2 / ref2);
-  EXPECT_LE(rel, tolerance) << what << ": relative error " << rel;
-}
-
-// Bit-for-bit equal (as f32), counting mismatches rather than printing whole vectors.
-void expect_equal(const std::vector<float>& out, const std::vector<float>& ref, const std::string& what) {
-  ASSERT_EQ(out.size(), ref.size()) << what;
-  int64_t differ = 0, first = -1;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (out[i] == ref[i]) continue;
-    if (differ++ == 0) first = static_cast<int64_t>(i);
-  }
-  EXPECT_EQ(differ, 0) << what << ": " << differ << " of " << out.size() << " elements differ, first at " << first
-                       << (first >= 0 ? " (" + std::to_string(out[first]) + " vs " + std::to_string(ref[first]) + ")"
-                                      : std::string());
-}
-
-// Every element of the guard (the rows after an op's output) must still be the poison.
-void expect_untouched(const std::vector<float>& guard, const std::string& what) {
-  int64_t touched = 0;
-  for (float v : guard) touched += !std::isnan(v);
-  EXPECT_EQ(touched, 0) << what << ": " << touched << " elements written past the end of the output";
-}
+using test::count_of;
+using test::expect_close;
+using test::expect_equal;
+using test::expect_untouched;
+using test::random_values;
+using test::read;
 
 class CudaBackendTest : public ::testing::Test {
  protected:
@@ -108,12 +53,7 @@ class CudaBackendTest : public ::testing::Test {
     cpu_->upload(HostView{v.data(), DType::f32, shape}, t);
     return t;
   }
-  Tensor poisoned_gpu(const Shape& shape) {
-    Tensor t = gpu_->allocate(shape, DType::bf16);
-    std::vector<uint16_t> nan(static_cast<size_t>(count(shape)), bf16_nan);
-    gpu_->upload(HostView{nan.data(), DType::bf16, shape}, t);
-    return t;
-  }
+  Tensor poisoned_gpu(const Shape& shape) { return test::poisoned_bf16(*gpu_, shape); }
   Tensor ids_on(Backend& backend, const std::vector<int32_t>& ids) {
     Tensor t = backend.allocate({static_cast<int64_t>(ids.size())}, DType::i32);
     backend.upload(HostView{ids.data(), DType::i32, {static_cast<int64_t>(ids.size())}}, t);
