@@ -184,7 +184,6 @@ void Runtime::Impl::build() {
   std::vector<ShardComms> comms(world);
   std::vector<NcclSeats> seats(world);
   std::vector<std::vector<size_t>> groups_of(world);
-  const bool nccl = device == "cuda";
   members.resize(defs.size());
   for (size_t g = 0; g < defs.size(); ++g) {
     const Group& def = defs[g];
@@ -192,7 +191,7 @@ void Runtime::Impl::build() {
     members[g].assign(n, nullptr);
     for (int r : def.ranks) groups_of[r].push_back(g);
 #ifdef TROUPE_HAVE_CUDA
-    if (nccl) {
+    if (device == "cuda") {
       const NcclUniqueId id = make_nccl_unique_id();
       std::shared_ptr<cuda::PeerAllReduceGroup> peer;
       if (def.slots.front() == Slot::tp && !options.disable_custom_all_reduce) {
@@ -214,15 +213,9 @@ void Runtime::Impl::build() {
     for (int i = 0; i < n; ++i) {
       Communicator* c = groups.back()[i].get();
       members[g][i] = c;
-      switch (def.slots[i]) {
-        case Slot::tp: comms[def.ranks[i]].tp = c; break;
-        case Slot::moe: comms[def.ranks[i]].moe = c; break;
-        case Slot::prev: comms[def.ranks[i]].prev = c; break;
-        case Slot::next: comms[def.ranks[i]].next = c; break;
-      }
+      slot_of(comms[def.ranks[i]], def.slots[i]) = c;
     }
   }
-  (void)nccl;
 
   // Expert shards, one per expert-parallel rank of each stage.
   std::vector<std::vector<caf::actor>> stage_shards(pp);

@@ -34,16 +34,6 @@ struct WorkerState {
   static inline const char* name = "worker";
 };
 
-Communicator*& seat_of(ShardComms& comms, NcclSeat::Slot slot) {
-  switch (slot) {
-    case NcclSeat::Slot::tp: return comms.tp;
-    case NcclSeat::Slot::moe: return comms.moe;
-    case NcclSeat::Slot::prev: return comms.prev;
-    case NcclSeat::Slot::next: return comms.next;
-  }
-  return comms.tp;
-}
-
 std::unique_ptr<Backend> make_backend(const std::string& device, int index) {
   if (device == "cpu") return make_cpu_backend();
 #ifdef TROUPE_HAVE_CUDA
@@ -92,7 +82,7 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
             NcclUniqueId id;
             std::copy(seat.id.begin(), seat.id.end(), id.begin());
             self->state.nccl.push_back(make_nccl_communicator(*backend, id, seat.rank, seat.size, seat.peer));
-            seat_of(comms, seat.slot) = self->state.nccl.back().get();
+            slot_of(comms, seat.slot) = self->state.nccl.back().get();
 #else
             throw std::runtime_error("NCCL groups need a CUDA build");
 #endif

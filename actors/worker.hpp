@@ -32,6 +32,17 @@ struct NcclSeat {
 };
 using NcclSeats = std::vector<NcclSeat>;
 
+// The member of `comms` that a group in `slot` fills.
+inline Communicator*& slot_of(ShardComms& comms, NcclSeat::Slot slot) {
+  switch (slot) {
+    case NcclSeat::Slot::tp: return comms.tp;
+    case NcclSeat::Slot::moe: return comms.moe;
+    case NcclSeat::Slot::prev: return comms.prev;
+    case NcclSeat::Slot::next: return comms.next;
+  }
+  return comms.tp;
+}
+
 struct WorkerSpec {
   int rank = 0;  // in the world
   ModelShard shard;
