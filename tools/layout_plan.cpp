@@ -4,16 +4,10 @@
 #include <limits>
 
 #include "config/error.hpp"
+#include "engine/weight_slices.hpp"
 
 namespace troupe {
 namespace {
-
-// Indices [begin, end) of part `i` of `n` split `parts` ways, as engine/model.cpp's ShardPlan splits.
-struct Part {
-  int64_t begin = 0, end = 0;
-  int64_t size() const { return end - begin; }
-};
-Part split(int64_t n, int parts, int i) { return {n * i / parts, n * (i + 1) / parts}; }
 
 // The CUDA backend's caching allocator (kernels/device_memory.cpp): at least 16 bytes, then 512-byte
 // steps below 1 MiB and 2 MiB steps above.
@@ -23,34 +17,11 @@ uint64_t size_class(uint64_t bytes) {
   return bytes < threshold ? (bytes + small - 1) / small * small : (bytes + large - 1) / large * large;
 }
 
-// What a rank holds of each sliced dimension (engine/model.cpp, ShardPlan).
-struct Slices {
-  Part q_heads, kv_heads, mlp, shared_mlp, expert_mlp, experts;
-  int expert_slice = 1;
-
-  Slices(const ModelConfig& c, const ModelShard& s) {
-    const int tp = s.layout.tensor_parallel_size, r = s.tp_rank;
-    q_heads = split(c.num_heads, tp, r);
-    if (c.num_kv_heads >= tp) {
-      kv_heads = split(c.num_kv_heads, tp, r);
-    } else {
-      const int share = tp / c.num_kv_heads;  // ranks holding the same kv head
-      kv_heads = {r / share, r / share + 1};
-    }
-    mlp = split(c.intermediate_size, tp, r);
-    shared_mlp = split(c.shared_expert_intermediate_size, tp, r);
-    const int group = s.layout.moe_group_size();
-    if (s.layout.enable_expert_parallel) {
-      experts = split(c.num_experts, group, s.moe_rank());
-      expert_mlp = {0, c.moe_intermediate_size};
-    } else {
-      const bool across_dp = s.layout.data_parallel_size > 1;
-      experts = {0, c.num_experts};
-      expert_slice = across_dp ? group : tp;
-      expert_mlp = split(c.moe_intermediate_size, expert_slice, across_dp ? s.moe_rank() : r);
-    }
-  }
-};
+// How many ways each routed expert's intermediate dimension is split (1 with expert parallelism).
+int expert_mlp_ways(const ModelShard& s) {
+  if (s.layout.enable_expert_parallel) return 1;
+  return s.layout.data_parallel_size > 1 ? s.layout.moe_group_size() : s.layout.tensor_parallel_size;
+}
 
 // Adds up the tensors Model's loader allocates, exactly and as the CUDA allocator reserves them.
 struct Tally {
@@ -67,9 +38,9 @@ struct Tally {
 
 // The tensors of engine/model.cpp's Model constructor, in its order.
 Tally tally_weights(const ModelConfig& c, const ModelShard& shard, DType dtype) {
-  const Slices s(c, shard);
+  const ShardPlan s(c, shard);
   const int64_t h = c.hidden_size, d = c.head_dim;
-  const int64_t vocab = vocab_rows_per_rank(c, shard.layout.tensor_parallel_size);
+  const int64_t vocab = s.vocab_rows;
   Tally t{dtype, {}, 0};
   constexpr auto dense = &RankWeights::non_moe;
   constexpr auto routed = &RankWeights::routed;
@@ -183,7 +154,7 @@ RankWeights rank_weights(const ModelConfig& c, const ModelShard& shard, DType dt
 
 int64_t kv_bytes_per_block(const ModelConfig& c, const ModelShard& shard, DType dtype, int block_size) {
   const LayerRange layers = stage_layers(c.num_layers, shard.layout.pipeline_parallel_size, shard.pp_rank);
-  return 2LL * (layers.end - layers.begin) * block_size * Slices(c, shard).kv_heads.size() * c.head_dim *
+  return 2LL * (layers.end - layers.begin) * block_size * ShardPlan(c, shard).kv_heads.size() * c.head_dim *
          static_cast<int64_t>(dtype_size(dtype));
 }
 
@@ -214,13 +185,13 @@ LayoutPlan plan_layout(const ModelConfig& c, const ParallelConfig& p, const Plan
         r.shard = {p, t, s, d};
         r.rank = p.rank(d, s, t);
         r.layers = stage_layers(c.num_layers, pp, s);
-        const Slices sl(c, r.shard);
+        const ShardPlan sl(c, r.shard);
         r.heads = static_cast<int>(sl.q_heads.size());
         r.kv_heads = static_cast<int>(sl.kv_heads.size());
         if (c.is_moe()) {
           r.expert_begin = static_cast<int>(sl.experts.begin);
           r.expert_end = static_cast<int>(sl.experts.end);
-          r.expert_slice = sl.expert_slice;
+          r.expert_slice = expert_mlp_ways(r.shard);
         }
         const Tally tally = tally_weights(c, r.shard, hw.dtype);
         r.weights = tally.weights;
