@@ -195,14 +195,15 @@ TEST(LayoutsGpu, EveryLayoutGivesTp1sGreedyTokens) {
     models.push_back({"qwen3-30b-a3b", config_only("qwen3-30b-a3b"), true, true});
   }
   for (const TestModel& m : models) {
-    const auto jobs = jobs_for(load_model_config(m.dir).vocab_size);
+    const ModelConfig config = load_model_config(m.dir);
+    const auto jobs = jobs_for(config.vocab_size);
     double seconds = 0;
     const auto ref = run(m, {1, 1, 1, false}, jobs, &seconds);
     std::printf("%s tp1: %.2f s\n", m.name.c_str(), seconds);
     for (const Layout& l : layouts(m.moe, gpus)) {
       if (l.world() > gpus) continue;
       try {
-        validate_parallel_config(ParallelConfig{l.tp, l.pp, l.dp, l.ep}, load_model_config(m.dir));
+        validate_parallel_config(ParallelConfig{l.tp, l.pp, l.dp, l.ep}, config);
       } catch (const ConfigError&) {
         continue;  // e.g. pp4 of a two-layer model
       }
