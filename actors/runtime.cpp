@@ -1,5 +1,6 @@
 #include "actors/runtime.hpp"
 
+#include <cstdio>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -336,7 +337,10 @@ void Runtime::Impl::build() {
     spec.config = sc;
     spec.kv_manager = kv_managers.back();
     spec.trace = trace.get();
-    spec.on_failure = [this](const std::string&) { healthy = false; };
+    // The first failure is what an operator needs to see; the ones it causes on other ranks follow it.
+    spec.on_failure = [this](const std::string& why) {
+      if (healthy.exchange(false)) std::fprintf(stderr, "troupe: a step failed, the server is now unhealthy: %s\n", why.c_str());
+    };
     spec.metrics = metrics;
     schedulers.push_back(spawn_scheduler(*system, spec));
     caf::actor next;

@@ -86,6 +86,14 @@ class Backend {
   virtual bool begin_capture() { return false; }
   virtual std::shared_ptr<void> end_capture() { return nullptr; }
   virtual void replay(const std::shared_ptr<void>& graph) { (void)graph; }
+  // Changes whenever a buffer the backend keeps between calls (an op's scratch) moves: a captured
+  // graph holds pointers into those buffers, so graphs recorded under another value are stale.
+  virtual uint64_t workspace_generation() const { return 0; }
+  // Sizes moe_experts' scratch for `tokens` rows of top_k choices over these experts now, so that
+  // no later call grows it (and moves it under the captured graphs).
+  virtual void reserve_moe_experts(int64_t tokens, int top_k, const Tensor& gate_up, const Tensor& down) {
+    (void)tokens, (void)top_k, (void)gate_up, (void)down;
+  }
   // Fills a floating tensor with deterministic pseudo-random values of mean `mean` and standard
   // deviation `std` (dummy weights: the shapes of a real model without its files). Element i's value
   // comes from counter window.index(i): `t` may be a slice of a larger tensor, and each element gets

@@ -46,6 +46,7 @@ bool DecodeGraphs::capture(const KvCache& cache, int block_size) {
     c.logits = model_.run(cache);
     c.graph = model_.backend().end_capture();
     c.generation = model_.inputs().generation();
+    c.workspace = model_.backend().workspace_generation();
     c.cache = cache.layers.front().k.data();
   }
   return true;
@@ -60,7 +61,10 @@ std::optional<Tensor> DecodeGraphs::forward(const StepBatch& batch, const KvCach
   if (size_it == sizes_.end()) return std::nullopt;
   const int blocks = (max_context_len_ + batch.block_size - 1) / batch.block_size;
   model_.reserve_inputs(sizes_.back(), sizes_.back(), blocks);
+  // Scratch that moved since the capture (a batch larger than any reserved for) makes the graphs
+  // stale too; every rank of a group sees the same shapes, so they capture again together.
   const bool stale = graphs_.empty() || graphs_.begin()->second.generation != model_.inputs().generation() ||
+                     graphs_.begin()->second.workspace != model_.backend().workspace_generation() ||
                      graphs_.begin()->second.cache != cache.layers.front().k.data();
   if (stale && !capture(cache, batch.block_size)) return std::nullopt;
   model_.prepare(padded(batch, *size_it));

@@ -31,7 +31,8 @@ class DecodeGraphs {
   struct Captured {
     std::shared_ptr<void> graph;
     Tensor logits;
-    uint64_t generation = 0;
+    uint64_t generation = 0;  // of the model's input buffers
+    uint64_t workspace = 0;   // of the backend's scratch
     const void* cache = nullptr;
   };
   Model& model_;

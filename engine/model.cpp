@@ -194,6 +194,19 @@ struct Model::Weights {
   explicit Weights(ShardPlan p) : plan(p) {}
 };
 
+void Model::reserve_inputs(int tokens, int seqs, int blocks_per_seq) {
+  inputs_.reserve(tokens, seqs, blocks_per_seq);
+  // Without expert parallelism across data-parallel ranks, the MoE layers see the tokens of every
+  // rank of the group gathered.
+  const int64_t gathered = comms_.moe && !shard_.layout.enable_expert_parallel ? comms_.moe->size() : 1;
+  for (const Weights::Layer& layer : weights_->layers)
+    if (layer.moe) {
+      backend_.reserve_moe_experts(tokens * gathered, config_.num_experts_per_tok, layer.experts.gate_up,
+                                   layer.experts.down);
+      break;  // every MoE layer has the same shape
+    }
+}
+
 Model::Model(ModelConfig config, const WeightFiles& files, Backend& backend, int max_positions,
              const LoadProgress& progress, ModelShard shard, ShardComms comms)
     : Model(std::move(config), &files, backend, max_positions, progress, shard, comms) {}

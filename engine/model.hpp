@@ -92,8 +92,9 @@ class Model {
   // parallelism across data-parallel ranks), so it can be captured as a CUDA graph and replayed.
   void prepare(const StepBatch& batch);
   Tensor run(const KvCache& cache, const ForwardHooks& hooks = {}, Tensor* hidden = nullptr);
-  // Sizes the input buffers for the largest batch to come.
-  void reserve_inputs(int tokens, int seqs, int blocks_per_seq) { inputs_.reserve(tokens, seqs, blocks_per_seq); }
+  // Sizes the input buffers, and the backend's scratch of the ops that keep one, for the largest
+  // batch to come: a captured graph must never see them move.
+  void reserve_inputs(int tokens, int seqs, int blocks_per_seq);
   StepInputBuffers& inputs() { return inputs_; }
   // Whether run() can be captured: MoE layers across data-parallel ranks exchange token counts
   // through the host mid-step, which a captured graph cannot do; and a pipeline stage's graphs of

@@ -472,8 +472,22 @@ class CudaBackend final : public Backend {
     bind();
     const std::size_t bytes = cuda::moe_experts_scratch_bytes(shape);
     cuda::moe_experts(bf16_in(x), topk_weights.as<float>(), topk_ids.as<int32_t>(), bf16_in(gate_up), bf16_in(down),
-                      bf16_out(out), shape, moe_scratch_.get(bytes), bytes, stream_);
+                      bf16_out(out), shape, scratch(moe_scratch_, bytes), bytes, stream_);
   }
+
+  void reserve_moe_experts(int64_t tokens, int top_k, const Tensor& gate_up, const Tensor& down) override {
+    if (tokens <= 0 || gate_up.rank() != 3 || down.rank() != 3) return;
+    cuda::MoeExpertsShape shape;
+    shape.tokens = tokens;
+    shape.top_k = top_k;
+    shape.experts = static_cast<int>(gate_up.size(0));
+    shape.hidden = gate_up.size(2);
+    shape.inter = gate_up.size(1) / 2;
+    bind();
+    scratch(moe_scratch_, cuda::moe_experts_scratch_bytes(shape));
+  }
+
+  uint64_t workspace_generation() const override { return workspace_generation_; }
 
   void add_sigmoid_gated(const Tensor& x, const Tensor& gate, const Tensor& inout) override {
     const char* op = "add_sigmoid_gated";
@@ -503,7 +517,7 @@ class CudaBackend final : public Backend {
     bind();
     const std::size_t bytes = cuda::scatter_add_rows_scratch_bytes(index.numel(), rows);
     cuda::scatter_add_rows(bf16_in(src), index.as<int32_t>(), index.numel(), bf16_out(out), rows, width,
-                           scatter_scratch_.get(bytes), bytes, stream_);
+                           scratch(scatter_scratch_, bytes), bytes, stream_);
   }
 
   void unstack_columns(const Tensor& stacked, const Tensor& out) override {
@@ -535,8 +549,17 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   std::vector<std::shared_ptr<void>> captured_;  // blocks allocated during the capture under way
   // MoE and scatter scratch: grown on demand, reused afterwards (freed after the destructor's sync).
+  // A scratch buffer of `bytes` at least; a move bumps the workspace generation (graphs go stale).
+  void* scratch(cuda::DeviceScratch& buffer, std::size_t bytes) {
+    const std::size_t before = buffer.capacity();
+    void* p = buffer.get(bytes);
+    if (buffer.capacity() != before) ++workspace_generation_;
+    return p;
+  }
+
   cuda::DeviceScratch moe_scratch_;
   cuda::DeviceScratch scatter_scratch_;
+  uint64_t workspace_generation_ = 0;
   // Attention: the decode path's split-context scratch, allocated at the first attention call.
   Tensor attention_workspace_;
   int attention_sm_count_ = 0;

@@ -37,7 +37,9 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* kLogHeader = "==== troupe sweep runs:";
 
-int prompts_for(const SweepOptions& o, int c) { return o.num_prompts > 0 ? o.num_prompts : std::max(4 * c, 32); }
+int prompts_for(const SweepOptions& o, int c) {
+  return o.num_prompts > 0 ? o.num_prompts : std::max(o.waves * c, o.min_prompts);
+}
 int warmups_for(const SweepOptions& o, int c) { return o.num_warmups >= 0 ? o.num_warmups : std::min(c, 16); }
 
 std::string fixed(double v, int decimals) {
@@ -197,6 +199,8 @@ void check_options(const SweepOptions& o) {
   if (o.input_len < 1) throw ConfigError("--input-len must be at least 1");
   if (o.output_len < 1) throw ConfigError("--output-len must be at least 1");
   if (o.num_prompts < 0) throw ConfigError("--num-prompts-per-point must be positive");
+  if (o.waves < 1) throw ConfigError("--waves must be at least 1, got " + std::to_string(o.waves));
+  if (o.min_prompts < 1) throw ConfigError("--min-prompts must be at least 1, got " + std::to_string(o.min_prompts));
   if (o.port_base < 0 || o.port_base > 65535) throw ConfigError("--port-base must be in [1, 65535]");
   if (!(o.start_timeout_s > 0)) throw ConfigError("--start-timeout must be positive");
   if (!(o.stop_timeout_s > 0)) throw ConfigError("--stop-timeout must be positive");
@@ -680,7 +684,9 @@ int sweep_command(int argc, char** argv) {
       ("concurrency", po::value(&concurrency), "comma-separated max concurrencies (default 1,16,64,256,1024)")
       ("input-len", po::value(&o.input_len), "prompt tokens (default 1024)")
       ("output-len", po::value(&o.output_len), "output tokens, every request to the end (default 256)")
-      ("num-prompts-per-point", po::value(&o.num_prompts), "requests measured at each point (default max(4 x c, 32))")
+      ("num-prompts-per-point", po::value(&o.num_prompts), "requests measured at each point (default max(waves x c, min-prompts))")
+      ("waves", po::value(&o.waves), "without --num-prompts-per-point: requests per point as a multiple of c (default 4)")
+      ("min-prompts", po::value(&o.min_prompts), "without --num-prompts-per-point: the fewest requests a point sends (default 32)")
       ("num-warmups", po::value(&o.num_warmups), "requests before each point, not measured (default min(c, 16))")
       ("out", po::value(&out), "output folder (default ./sweep); points found there are not run again")
       ("device", po::value(&o.device), "passed to the servers: auto, cpu or cuda")

@@ -19,7 +19,9 @@ struct SweepOptions {
   std::vector<std::string> layouts;  // names (parse_layout_name) or {"all"}
   std::vector<int> concurrency{1, 16, 64, 256, 1024};
   int input_len = 1024, output_len = 256;
-  int num_prompts = 0;   // per point; 0: max(4 × concurrency, 32)
+  int num_prompts = 0;   // per point; 0: max(waves × concurrency, min_prompts)
+  int waves = 4;         // with num_prompts 0: how many times the concurrency each point sends
+  int min_prompts = 32;  // with num_prompts 0: the fewest requests a point sends
   int num_warmups = -1;  // per point; -1: min(concurrency, 16)
   std::filesystem::path out_dir = "sweep";
   std::string device, load_format;       // passed to the servers when set
