@@ -139,6 +139,11 @@ MetricsState::MetricsState(std::string model_name)
       collective_seconds_(registry_.histogram(
           "troupe:collective_seconds", "Time one worker spent in collectives of a kind during one step, in seconds.",
           {"model_name", "kind"}, kCollectiveBounds)),
+      timed_step_seconds_(registry_.histogram(
+          "troupe:timed_step_seconds",
+          "Time of one worker's step whose collectives troupe:collective_seconds timed (on a GPU: one "
+          "step in 256, run without its graph), in seconds: the denominator of communication's share.",
+          {"model_name"}, kStageBounds)),
       mailbox_depth_(registry_.gauge("troupe:actor_mailbox_depth",
                                      "Deepest mailbox among the live actors of a family, at their latest samples.",
                                      {"model_name", "family"})),
@@ -217,6 +222,9 @@ void MetricsState::observe(const CollectiveMetrics& m) {
     if (!h) h = &collective_seconds_.with({model_, label_value(static_cast<CollectiveKind>(k))});
     h->observe(std::max(0.0, m.seconds[k]));
   }
+  if (m.steps == 0 || !std::isfinite(m.step_seconds)) return;
+  if (!timed_steps_) timed_steps_ = &timed_step_seconds_.with({model_});
+  for (uint32_t i = 0; i < m.steps; ++i) timed_steps_->observe(std::max(0.0, m.step_seconds / m.steps));
 }
 
 void MetricsState::observe(const ExpertMetrics& m) {

@@ -101,6 +101,8 @@ inline constexpr size_t kNumCollectiveKinds = 5;
 struct CollectiveMetrics {
   std::array<double, kNumCollectiveKinds> seconds{};
   std::array<uint32_t, kNumCollectiveKinds> calls{};
+  double step_seconds = 0;  // the whole of the steps whose collectives these are
+  uint32_t steps = 0;
 };
 
 // Tokens routed to the experts first_expert, first_expert + 1, ... of one pipeline stage in one step,
@@ -193,12 +195,14 @@ class MetricsState {
   GaugeFamily& kv_blocks_;
   HistogramFamily& stage_seconds_;
   HistogramFamily& collective_seconds_;
+  HistogramFamily& timed_step_seconds_;
   GaugeFamily& mailbox_depth_;
   CounterFamily& expert_tokens_;
 
   std::map<int, Rank> ranks_;
   std::map<std::pair<int, int>, Histogram*> stages_;
   std::array<Histogram*, kNumCollectiveKinds> collectives_{};
+  Histogram* timed_steps_ = nullptr;
   std::map<int, std::vector<Counter*>> experts_;  // per stage, indexed by expert id
   // Latest mailbox sample per sender, and per family the multiset of them (its max is the gauge).
   std::unordered_map<uint64_t, std::pair<ActorFamily, uint64_t>> mailboxes_;

@@ -3,6 +3,7 @@
 #include "actors/metrics.hpp"
 #include "engine/timed_communicator.hpp"
 
+#include <chrono>
 #include <optional>
 #include <sstream>
 
@@ -161,15 +162,30 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
         }
         const auto start = trace ? trace->now() : TraceRecorder::Clock::time_point{};
         // GPU collectives: times of earlier sampled steps whose events have completed, and whether
-        // this step is sampled (one in kGpuTimingPeriod keeps the events' cost well under 1%).
-        constexpr uint64_t kGpuTimingPeriod = 16;
-        const bool sampled = st.steps++ % kGpuTimingPeriod == 0;
+        // this step is sampled. A sampled step runs eagerly (a replayed graph's collectives cannot
+        // be timed), which costs a decode step of a 0.6B model ~2 ms over its graph: one step in
+        // kGpuTimingPeriod keeps that under 1%. Every rank of a group counts the same steps, so they
+        // sample the same ones.
+        constexpr uint64_t kGpuTimingPeriod = 256;
+        const uint64_t step_index = st.steps++;
+        const bool sampled = !st.gpu_timed.empty() && step_index % kGpuTimingPeriod == 0;
+        hooks.eager = sampled;
         for (GpuTimedCommunicator* c : st.gpu_timed) {
           c->collect();
           c->sample(sampled);
         }
+        const auto wall_start = std::chrono::steady_clock::now();
         try {
+          if (static_cast<int64_t>(step_index) == st.spec.fail_at_step)
+            throw std::runtime_error("fault injected at step " + std::to_string(st.spec.fail_at_step) + " (--inject-fault)");
+          if (sampled) st.gpu_timed.front()->mark_step(true);
           StepResult r = st.runner->run(*plan, hooks);
+          if (sampled) {
+            st.gpu_timed.front()->mark_step(false);
+          } else if (st.gpu_timed.empty() && !st.timed.empty()) {
+            // The CPU's collectives are timed at every step, and a step's wall time is its cost.
+            st.times.add_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count());
+          }
           if (!routed.empty())
             for (const caf::actor& shard : st.spec.expert_shards) self->send(shard, atoms::routing::value, routed);
           if (st.spec.metrics) {
@@ -178,6 +194,8 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
               cm.seconds[k] = st.times.seconds[k];
               cm.calls[k] = st.times.calls[k];
             }
+            cm.step_seconds = st.times.step_seconds;
+            cm.steps = st.times.steps;
             st.times = {};
             self->send(st.spec.metrics, atoms::observe::value, cm);
             self->send(st.spec.metrics, atoms::observe::value, MailboxDepth{ActorFamily::worker, self->mailbox().size()});

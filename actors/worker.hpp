@@ -58,6 +58,9 @@ struct WorkerSpec {
   int max_batched_tokens = 2048;  // sizes the activation reserve kept out of the KV budget
   int max_seqs = 256;
   TraceRecorder* trace = nullptr;  // may be null
+  // Fault injection (--inject-fault): this worker's step of that index (0: its first) fails as a
+  // failed CUDA or NCCL call would, after its peers have been sent the same step. -1: never.
+  int64_t fail_at_step = -1;
   std::vector<caf::actor> expert_shards;  // of this stage; each step's routing counts go to all of them
   caf::actor metrics;
 };

@@ -48,6 +48,9 @@ struct ForwardHooks {
   std::function<void(const char* name, bool begin)> span;
   // The routed experts of this rank's tokens at a decoder layer, [tokens × top_k] ids.
   std::function<void(int layer, std::span<const int32_t> expert_ids)> routing;
+  // Run this step without replaying a captured graph: a step whose collectives are timed (a graph
+  // replays them without calling the communicator).
+  bool eager = false;
 };
 
 // Called while weights load: bytes read so far and the total.

@@ -44,7 +44,7 @@ StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
   // Spans read the clock mid-step, which a captured graph cannot do; every rank of a group takes the
   // same path (their collectives must pair up), so the per-rank routing hook does not decide it: a
   // replayed step reports no routing, and expert statistics count the tokens of eager steps.
-  if (graphs_ && !hooks.span) graphed = graphs_->forward(plan.batch, cache_);
+  if (graphs_ && !hooks.span && !hooks.eager) graphed = graphs_->forward(plan.batch, cache_);
   Tensor logits = graphed ? *graphed : model_->forward(plan.batch, cache_, hooks, &hidden);
   if (!samples()) return result;
   if (!plan.batch.embed_indices.empty()) pool(plan, hidden, result);

@@ -17,9 +17,16 @@ enum class Collective : uint8_t { all_reduce, all_gather, reduce_scatter, all_to
 struct CollectiveTimes {
   std::array<double, 5> seconds{};
   std::array<uint32_t, 5> calls{};
+  // The whole of the steps whose collectives were timed: the denominator of communication's share.
+  double step_seconds = 0;
+  uint32_t steps = 0;
   void add(Collective kind, double s) {
     seconds[static_cast<size_t>(kind)] += s;
     ++calls[static_cast<size_t>(kind)];
+  }
+  void add_step(double s) {
+    step_seconds += s;
+    ++steps;
   }
 };
 

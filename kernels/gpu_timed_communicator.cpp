@@ -27,9 +27,24 @@ class EventTimedCommunicator final : public GpuTimedCommunicator {
       cudaEventDestroy(p.end);
     }
     for (cudaEvent_t e : free_) cudaEventDestroy(e);
+    if (step_start_) cudaEventDestroy(step_start_);
   }
 
   void sample(bool on) override { sampling_ = on; }
+
+  void mark_step(bool begin) override {
+    if (!sampling_) return;
+    if (begin) {
+      if (!step_start_) step_start_ = event();
+      TROUPE_CUDA_CHECK(cudaEventRecord(step_start_, stream_));
+      return;
+    }
+    if (!step_start_) return;
+    Pending p{Collective::all_reduce, step_start_, event(), true};
+    step_start_ = nullptr;
+    TROUPE_CUDA_CHECK(cudaEventRecord(p.end, stream_));
+    pending_.push_back(p);
+  }
 
   void collect() override {
     while (!pending_.empty()) {
@@ -37,8 +52,12 @@ class EventTimedCommunicator final : public GpuTimedCommunicator {
       const cudaError_t state = cudaEventQuery(p.end);
       if (state == cudaErrorNotReady) return;  // later ones are behind it on the same stream
       float ms = 0;
-      if (state == cudaSuccess && cudaEventElapsedTime(&ms, p.start, p.end) == cudaSuccess)
-        times_.add(p.kind, ms / 1000.0);
+      if (state == cudaSuccess && cudaEventElapsedTime(&ms, p.start, p.end) == cudaSuccess) {
+        if (p.step)
+          times_.add_step(ms / 1000.0);
+        else
+          times_.add(p.kind, ms / 1000.0);
+      }
       cudaGetLastError();
       free_.push_back(p.start);
       free_.push_back(p.end);
@@ -50,6 +69,7 @@ class EventTimedCommunicator final : public GpuTimedCommunicator {
   struct Pending {
     Collective kind;
     cudaEvent_t start, end;
+    bool step = false;  // a whole step's interval, not one collective's
   };
 
   cudaEvent_t event() {
@@ -81,6 +101,7 @@ class EventTimedCommunicator final : public GpuTimedCommunicator {
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   bool sampling_ = false;
+  cudaEvent_t step_start_ = nullptr;  // of the sampled step under way
   std::deque<Pending> pending_;
   std::vector<cudaEvent_t> free_;
 };

@@ -124,7 +124,8 @@ class TimedEngine : public EngineClient {
   }
   std::string detokenize(const std::vector<int32_t>&) override { return ""; }
   // Per call: KV usage = running / 100, prefix queries += prompt and hits += prompt / 2, one
-  // "preemption", and a step of 40 ms with 10 ms of all-reduce (communication share 25%).
+  // "preemption", and a timed step of 40 ms with 10 ms of all-reduce (communication share 25%; the
+  // pipeline stage's 50 ms wall time is not the denominator).
   std::string metrics_text() override {
     std::lock_guard lock(mutex_);
     if (!o_.troupe_metrics) return "# TYPE other_metric gauge\nother_metric 1\n";
@@ -137,7 +138,9 @@ class TimedEngine : public EngineClient {
            "troupe:num_preemptions_total" + l + std::to_string(calls_) + "\n" +
            "troupe:collective_seconds_sum" + k + std::to_string(0.01 * calls_) + "\n" +
            "troupe:collective_seconds_count" + k + std::to_string(calls_) + "\n" +
-           "troupe:pipeline_stage_step_seconds_sum" + s + std::to_string(0.04 * calls_) + "\n" +
+           "troupe:timed_step_seconds_sum{model_name=\"timed-model\"} " + std::to_string(0.04 * calls_) + "\n" +
+           "troupe:timed_step_seconds_count{model_name=\"timed-model\"} " + std::to_string(calls_) + "\n" +
+           "troupe:pipeline_stage_step_seconds_sum" + s + std::to_string(0.05 * calls_) + "\n" +
            "troupe:pipeline_stage_step_seconds_count" + s + std::to_string(calls_) + "\n";
   }
   bool healthy() override { return true; }
@@ -353,6 +356,7 @@ TEST(BenchServe, ReadsTroupeMetricsAroundTheRun) {
   EXPECT_DOUBLE_EQ(r.server.preemptions, 40);
   ASSERT_TRUE(r.server.communication_share);
   EXPECT_NEAR(*r.server.communication_share, 0.25, 1e-9);
+  EXPECT_NEAR(r.server.collective_seconds_per_step().at("all_reduce"), 0.01, 1e-9);
   const std::string report = format_report(r);
   EXPECT_NE(report.find("KV cache usage peak (%):                 10.00"), std::string::npos) << report;
   EXPECT_NE(report.find("Prefix cache hit rate (%):               50.00"), std::string::npos) << report;

@@ -405,8 +405,12 @@ TEST(MetricsState, CollectivesObservedPerCalledKind) {
   c.seconds[static_cast<size_t>(CollectiveKind::send_recv)] = 0.25;  // no calls: not observed
   s.observe(c);
   c.seconds[static_cast<size_t>(CollectiveKind::all_reduce)] = 0.0011;
+  c.step_seconds = 0.006;  // two steps whose collectives were timed, 3 ms each
+  c.steps = 2;
   s.observe(c);
   const std::string page = s.render();
+  EXPECT_EQ(value_of(page, m_series("troupe:timed_step_seconds_count", "")), 2.0);
+  EXPECT_DOUBLE_EQ(value_of(page, m_series("troupe:timed_step_seconds_sum", "")), 0.006);
   EXPECT_EQ(value_of(page, m_series("troupe:collective_seconds_count", "kind=\"all_reduce\"")), 2.0);
   EXPECT_DOUBLE_EQ(value_of(page, m_series("troupe:collective_seconds_sum", "kind=\"all_reduce\"")), 0.002);
   EXPECT_EQ(value_of(page, m_series("troupe:collective_seconds_bucket", "kind=\"all_reduce\",le=\"0.001\"")), 1.0);

@@ -431,6 +431,10 @@ TEST(Sweep, MeasuresEveryLayoutAtEveryConcurrencyReportsTheRefusedOneAndResumes)
       EXPECT_EQ(std::stod(r->at("prefix_hit_rate")), 0.0) << "warm-ups and other points use other prompts";
       EXPECT_EQ(r->at("preemptions"), "0");
       EXPECT_EQ(r->at("comm_share").empty(), std::string(layout) != "tp2") << "collectives only in tp2";
+      if (!r->at("comm_share").empty()) {  // a share of the steps' time: above 0, below 1
+        EXPECT_GT(std::stod(r->at("comm_share")), 0.0);
+        EXPECT_LT(std::stod(r->at("comm_share")), 1.0);
+      }
       EXPECT_EQ(r->at("file"), "points/" + std::string(layout) + "_c" + std::to_string(c) + ".json");
     }
   // 256 MiB of KV per CPU worker: tp2's worker holds one of the two KV heads (twice the blocks), dp2

@@ -16,8 +16,9 @@ constexpr const char* kPrefixHits = "troupe:prefix_cache_hits_total";
 constexpr const char* kPreemptions = "troupe:num_preemptions_total";
 constexpr const char* kCollectiveSum = "troupe:collective_seconds_sum";
 constexpr const char* kCollectiveCount = "troupe:collective_seconds_count";
+constexpr const char* kTimedStepSum = "troupe:timed_step_seconds_sum";
+constexpr const char* kTimedStepCount = "troupe:timed_step_seconds_count";
 constexpr const char* kStageSum = "troupe:pipeline_stage_step_seconds_sum";
-constexpr const char* kStageCount = "troupe:pipeline_stage_step_seconds_count";
 constexpr const char* kCollectiveKinds[] = {"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"};
 
 }  // namespace
@@ -95,22 +96,28 @@ ServerMetricsReport server_metrics_report(const PromPage& before, const PromPage
   r.prefix_hits = delta(kPrefixHits);
   if (r.prefix_queries > 0) r.prefix_hit_rate = r.prefix_hits / r.prefix_queries;
   r.preemptions = delta(kPreemptions);
-  double max_calls = 0.0;
   for (const char* kind : kCollectiveKinds) {
     const std::string label = std::string("kind=\"") + kind + "\"";
     const double s = std::max(0.0, after.sum_where(kCollectiveSum, label) - before.sum_where(kCollectiveSum, label));
     const double n = std::max(0.0, after.sum_where(kCollectiveCount, label) - before.sum_where(kCollectiveCount, label));
     if (n > 0) r.collective_seconds[kind] = s;
-    max_calls = std::max(max_calls, n);
   }
   r.stage_seconds = delta(kStageSum);
-  const double stage_steps = delta(kStageCount);
-  if (max_calls > 0 && stage_steps > 0 && r.stage_seconds > 0) {
+  r.timed_step_seconds = delta(kTimedStepSum);
+  r.timed_steps = delta(kTimedStepCount);
+  if (!r.collective_seconds.empty() && r.timed_step_seconds > 0) {
     double collective = 0.0;
     for (const auto& [kind, s] : r.collective_seconds) collective += s;
-    r.communication_share = (collective / max_calls) / (r.stage_seconds / stage_steps);
+    r.communication_share = collective / r.timed_step_seconds;
   }
   return r;
+}
+
+std::map<std::string, double> ServerMetricsReport::collective_seconds_per_step() const {
+  std::map<std::string, double> out;
+  if (timed_steps > 0)
+    for (const auto& [kind, s] : collective_seconds) out[kind] = s / timed_steps;
+  return out;
 }
 
 struct MetricsPoller::Impl {

@@ -6,12 +6,12 @@
 //   - prefix cache hit rate: Δ`troupe:prefix_cache_hits_total` / Δ`troupe:prefix_cache_queries_total`
 //     (both in prompt tokens, summed over ranks);
 //   - preemptions: Δ`troupe:num_preemptions_total`;
-//   - communication share: the mean time a worker spends in collectives per step, over the mean
-//     wall time of a pipeline stage's micro-batch. Per worker-step collective time is
-//     Δ`troupe:collective_seconds_sum` (all kinds) / the largest Δ`troupe:collective_seconds_count`
-//     of any kind (every worker of a parallel layout makes its main collective every step); the
-//     stage time is Δ`troupe:pipeline_stage_step_seconds_sum` / Δ`..._count`. n/a when no worker
-//     made a collective (a one-device layout).
+//   - communication share: of the steps whose collectives a worker timed, the time in collectives
+//     over the time of those same steps: Δ`troupe:collective_seconds_sum` (all kinds) /
+//     Δ`troupe:timed_step_seconds_sum`, both summed over the workers (a GPU worker times one step
+//     in 256, run without its graph; the CPU backend's workers time every step). Per kind, the
+//     seconds a worker's step spends in it: Δ`troupe:collective_seconds_sum{kind}` /
+//     Δ`troupe:timed_step_seconds_count`. n/a when no worker timed a collective (one device).
 #pragma once
 
 #include <chrono>
@@ -46,7 +46,11 @@ struct ServerMetricsReport {
   double preemptions = 0.0;
   std::optional<double> communication_share;       // n/a without collectives
   std::map<std::string, double> collective_seconds;  // Δ by kind
+  double timed_step_seconds = 0.0;                   // Δ, the steps whose collectives were timed
+  double timed_steps = 0.0;                          // Δ, their number (worker-steps)
   double stage_seconds = 0.0;                        // Δ over every stage
+  // collective_seconds[kind] / timed_steps: a worker's seconds in that kind per step.
+  std::map<std::string, double> collective_seconds_per_step() const;
 };
 
 // Δ figures between two pages, the peak over every page seen (`peak` includes both ends).

@@ -228,6 +228,11 @@ json::object result_json(const BenchResult& r) {
     server["communication_share"] = optional_number(s.communication_share);
     server["collective_seconds"] = std::move(collectives);
     server["stage_seconds"] = s.stage_seconds;
+    server["timed_step_seconds"] = s.timed_step_seconds;
+    server["timed_steps"] = s.timed_steps;
+    json::object per_step;
+    for (const auto& [kind, v] : s.collective_seconds_per_step()) per_step[kind] = v;
+    server["collective_seconds_per_step"] = std::move(per_step);
   }
   o["server"] = std::move(server);
 
