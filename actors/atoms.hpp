@@ -11,6 +11,7 @@ using allocate = caf::atom_constant<caf::atom("allocate")>;
 using abort = caf::atom_constant<caf::atom("abort")>;
 using commit = caf::atom_constant<caf::atom("commit")>;
 using done = caf::atom_constant<caf::atom("done")>;
+using fail = caf::atom_constant<caf::atom("fail")>;
 using free = caf::atom_constant<caf::atom("free")>;
 using load = caf::atom_constant<caf::atom("load")>;
 using observe = caf::atom_constant<caf::atom("observe")>;

@@ -14,6 +14,7 @@ struct CoordinatorState {
   uint64_t next_step = 0;
   int in_flight = 0;
   bool forming = false;
+  bool failed = false;  // a scheduler refused a step: the engine failed, no step forms again
   static inline const char* name = "dp_coordinator";
 };
 
@@ -21,7 +22,7 @@ using Self = caf::stateful_actor<CoordinatorState>;
 
 void maybe_form(Self* self) {
   CoordinatorState& st = self->state;
-  if (st.forming || st.in_flight >= st.spec.max_in_flight) return;
+  if (st.failed || st.forming || st.in_flight >= st.spec.max_in_flight) return;
   bool any = false;
   for (bool w : st.wants) any = any || w;
   if (!any) return;
@@ -32,15 +33,21 @@ void maybe_form(Self* self) {
   auto plans = std::make_shared<std::vector<PlanPtr>>(ranks);
   auto replies = std::make_shared<size_t>(0);
   for (size_t dp = 0; dp < ranks; ++dp) {
-    self->request(st.spec.schedulers[dp], caf::infinite, atoms::step::value, step).then([=](PlanPtr& plan) {
-      (*plans)[dp] = std::move(plan);
-      if (++*replies < ranks) return;
-      CoordinatorState& st = self->state;
-      for (size_t r = 0; r < ranks; ++r) self->send(st.spec.first_stages[r], atoms::run::value, (*plans)[r]);
-      ++st.in_flight;
-      st.forming = false;
-      maybe_form(self);
-    });
+    self->request(st.spec.schedulers[dp], caf::infinite, atoms::step::value, step)
+        .then(
+            [=](PlanPtr& plan) {
+              (*plans)[dp] = std::move(plan);
+              if (++*replies < ranks) return;
+              CoordinatorState& st = self->state;
+              if (st.failed) return;
+              for (size_t r = 0; r < ranks; ++r) self->send(st.spec.first_stages[r], atoms::run::value, (*plans)[r]);
+              ++st.in_flight;
+              st.forming = false;
+              maybe_form(self);
+            },
+            // The ranks step together: without one rank's plan the others' would wait for it in
+            // their MoE collectives.
+            [=](caf::error&) { self->state.failed = true; });
   }
 }
 

@@ -8,12 +8,17 @@ namespace {
 struct StageState {
   StageSpec spec;
   std::string track;
+  // A micro-batch failed: its group may be stuck in a collective for good, so later ones fail at
+  // once instead of queueing behind it.
+  std::string failure;
   static inline const char* name = "pipeline_stage";
 };
 
-// Collects the replies of a stage's workers for one micro-batch.
+// Collects the replies of a stage's workers for one micro-batch. The first error ends it: the other
+// ranks may never answer (a GPU peer of a failed rank waits in its collective forever).
 struct Pending {
   size_t replies = 0;
+  bool finished = false;
   StepResult sampled;  // from tensor-parallel rank 0
   std::string error;
 };
@@ -28,6 +33,8 @@ caf::behavior pipeline_stage(caf::stateful_actor<StageState>* self, StageSpec sp
         const auto start = TraceRecorder::Clock::now();
         auto finish = [=] {
           StageState& st = self->state;
+          pending->finished = true;
+          if (!pending->error.empty() && st.failure.empty()) st.failure = pending->error;
           if (st.spec.metrics) {
             const double seconds = std::chrono::duration<double>(TraceRecorder::Clock::now() - start).count();
             self->send(st.spec.metrics, atoms::observe::value, StageMetrics{st.spec.dp_rank, st.spec.pp_rank, seconds});
@@ -50,17 +57,26 @@ caf::behavior pipeline_stage(caf::stateful_actor<StageState>* self, StageSpec sp
             self->send(st.spec.scheduler, atoms::done::value, plan, std::move(pending->sampled));
           }
         };
+        if (!st.failure.empty()) {
+          pending->error = st.failure;
+          return finish();
+        }
         for (size_t i = 0; i < st.spec.workers.size(); ++i) {
           self->request(st.spec.workers[i], caf::infinite, atoms::run::value, plan)
               .then(
                   [=](StepResult& r) {
-                    if (!r.error.empty() && pending->error.empty()) pending->error = r.error;
+                    if (pending->finished) return;
+                    if (!r.error.empty()) {
+                      pending->error = r.error;
+                      return finish();
+                    }
                     if (i == 0) pending->sampled = std::move(r);
                     if (++pending->replies == self->state.spec.workers.size()) finish();
                   },
                   [=](caf::error& e) {
-                    if (pending->error.empty()) pending->error = "worker unreachable: " + to_string(e);
-                    if (++pending->replies == self->state.spec.workers.size()) finish();
+                    if (pending->finished) return;
+                    pending->error = "worker unreachable: " + to_string(e);
+                    finish();
                   });
         }
       },

@@ -1,6 +1,7 @@
 // The pipeline stage actor: one per pipeline stage of each data-parallel rank. It hands each
 // micro-batch to its tensor-parallel group of workers, and once all of them are done passes the
-// plan on to the next stage, or the sampled tokens back to the scheduler from the last stage.
+// plan on to the next stage, or the sampled tokens back to the scheduler from the last stage. The
+// first worker error fails the micro-batch at once (and every later one: see StageState).
 // Micro-batches flow through in order; several can be in different stages at once.
 #pragma once
 

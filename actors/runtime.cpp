@@ -75,6 +75,14 @@ struct Runtime::Impl {
   // worker can fail its groups.
   std::mutex members_mutex;
   std::vector<std::vector<Communicator*>> members;
+  // Used from actor threads (a scheduler's failure, a worker's exit), so declared before the system.
+  mutable std::mutex failure_mutex;
+  std::string failure;                      // the first failure, as requests see it
+  std::vector<caf::actor> fail_schedulers;  // every rank hears of a failure; from build() to stop_all()
+  // Workers not yet exited: once the engine failed, the destructor waits for them only so long.
+  std::mutex exit_mutex;
+  std::condition_variable exit_cv;
+  int workers_running = 0;
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> system;
   std::vector<caf::actor> workers, stages, schedulers, kv_managers, expert_shards;
@@ -115,6 +123,34 @@ struct Runtime::Impl {
       }
   }
 
+  // The first failure of any data-parallel rank kills the engine: the other ranks' steps may wait on
+  // the failed one (MoE collectives across them, or stuck GPU threads), and requests routed there
+  // would hang. The first is what an operator needs to see; those it causes follow it.
+  void note_failure(const std::string& why) {
+    std::vector<caf::actor> ranks;
+    {
+      std::lock_guard lock(failure_mutex);
+      if (!failure.empty()) return;
+      failure = why;
+      ranks = fail_schedulers;
+    }
+    healthy = false;
+    std::fprintf(stderr, "troupe: a step failed, the server is now unhealthy: %s\n", why.c_str());
+    for (const caf::actor& s : ranks) caf::anon_send(s, atoms::fail::value, why);
+  }
+
+  // Throws what requests get once the engine is dead.
+  void check_alive() const {
+    if (healthy.load()) return;
+    std::lock_guard lock(failure_mutex);
+    throw RequestError(503, failure, "", "ServiceUnavailableError");
+  }
+
+  bool await_workers(double seconds) {
+    std::unique_lock lock(exit_mutex);
+    return exit_cv.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return workers_running == 0; });
+  }
+
   void log(const std::string& line) {
     startup.push_back(line);
     if (options.log) options.log(line);
@@ -129,6 +165,9 @@ void Runtime::Impl::build() {
   if (options.block_size < 1 || options.block_size > 1024)
     throw ConfigError("--block-size must be in [1, 1024], got " + std::to_string(options.block_size));
   for (const std::string& w : validate_parallel_config(p, config)) log("warning: " + w);
+  if (options.inject_fault_rank >= p.world_size())
+    throw ConfigError("--inject-fault: rank " + std::to_string(options.inject_fault_rank) + " is not in the layout " +
+                      p.name() + " of " + std::to_string(p.world_size()) + " ranks");
   GenerationConfig generation = load_generation_config(options.model_dir);
   eos.assign(generation.eos_token_ids.begin(), generation.eos_token_ids.end());
   if (eos.empty()) eos.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
@@ -153,6 +192,9 @@ void Runtime::Impl::build() {
   if (options.load_format != "auto" && options.load_format != "dummy")
     throw ConfigError("--load-format: expected auto or dummy, got '" + options.load_format + "'");
   log("device " + device + (device == "cuda" ? " (" + std::to_string(gpus) + " visible)" : ""));
+  if (options.inject_fault_rank >= 0)
+    log("warning: --inject-fault: rank " + std::to_string(options.inject_fault_rank) + " fails its step " +
+        std::to_string(options.inject_fault_step));
 
   // Communicator groups: tensor-parallel groups, each stage's MoE group across data-parallel ranks,
   // and neighbouring stages' pairs. On the CPU a group is threads of this process; on GPUs an NCCL
@@ -253,7 +295,17 @@ void Runtime::Impl::build() {
         spec.trace = trace.get();
         spec.expert_shards = stage_shards[s];
         spec.metrics = metrics;
+        spec.fail_at_step = r == options.inject_fault_rank ? options.inject_fault_step : -1;
         workers.push_back(spawn_worker(*system, std::move(spec)));
+        {
+          std::lock_guard lock(exit_mutex);
+          ++workers_running;
+        }
+        workers.back()->attach_functor([this] {
+          std::lock_guard lock(exit_mutex);
+          --workers_running;
+          exit_cv.notify_all();
+        });
       }
   std::vector<WorkerInfo> infos(world);
   std::string failure;
@@ -337,10 +389,7 @@ void Runtime::Impl::build() {
     spec.config = sc;
     spec.kv_manager = kv_managers.back();
     spec.trace = trace.get();
-    // The first failure is what an operator needs to see; the ones it causes on other ranks follow it.
-    spec.on_failure = [this](const std::string& why) {
-      if (healthy.exchange(false)) std::fprintf(stderr, "troupe: a step failed, the server is now unhealthy: %s\n", why.c_str());
-    };
+    spec.on_failure = [this](const std::string& why) { note_failure(why); };
     spec.metrics = metrics;
     schedulers.push_back(spawn_scheduler(*system, spec));
     caf::actor next;
@@ -361,6 +410,8 @@ void Runtime::Impl::build() {
   if (moe_across_dp) coordinator = spawn_dp_coordinator(*system, {schedulers, first_stages, pp});
   for (int d = 0; d < dp; ++d) self->send(schedulers[d], atoms::plan::value, first_stages[d], coordinator);
   router = spawn_router(*system, schedulers, options.block_size);
+  std::lock_guard lock(failure_mutex);
+  fail_schedulers = schedulers;
 }
 
 void Runtime::Impl::stop_all() {
@@ -374,6 +425,10 @@ void Runtime::Impl::stop_all() {
     std::lock_guard lock(mutex);
     for (auto& [id, a] : live) self->send_exit(a, caf::exit_reason::user_shutdown);
     live.clear();
+  }
+  {
+    std::lock_guard lock(failure_mutex);
+    fail_schedulers.clear();
   }
   if (router) self->send_exit(router, caf::exit_reason::user_shutdown);
   if (embedder) self->send_exit(embedder, caf::exit_reason::user_shutdown);
@@ -399,12 +454,20 @@ Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>()) {
 
 Runtime::~Runtime() {
   impl_->stop_all();
+  if (!impl_->healthy && !impl_->await_workers(kAbandonAfterSeconds)) {
+    std::fprintf(stderr, "troupe: a worker of the failed engine does not return; its threads are left running\n");
+    if (impl_->trace) impl_->trace->write(impl_->options.trace_file);
+    // Joining it would wait forever: what its thread touches stays allocated.
+    (void)impl_.release();
+    return;
+  }
   impl_->system->await_all_actors_done();
   if (impl_->trace) impl_->trace->write(impl_->options.trace_file);
 }
 
 uint64_t Runtime::submit(std::vector<int32_t> prompt, SamplingParams params, RequestListener listener) {
   Impl& im = *impl_;
+  im.check_alive();
   validate_request(prompt, params, im.config.vocab_size, im.max_model_len);
   const SeqId id = im.next_id++;
   RequestSpec spec = im.request_spec(id);
@@ -419,6 +482,7 @@ uint64_t Runtime::submit(std::vector<int32_t> prompt, SamplingParams params, Req
 
 uint64_t Runtime::submit_text(GenerateRequest request, std::shared_ptr<const TextPipeline> text, GenerateListener listener) {
   Impl& im = *impl_;
+  im.check_alive();
   const SeqId id = im.next_id++;
   RequestSpec spec = im.request_spec(id);
   spec.text = std::move(text);
@@ -455,6 +519,7 @@ void Runtime::enable_embeddings(std::shared_ptr<const TextPipeline> text, const 
 
 void Runtime::embed(EmbedRequest request, EmbedListener listener) {
   if (!impl_->embedder) throw std::logic_error("Runtime::embed before enable_embeddings");
+  impl_->check_alive();
   caf::anon_send(impl_->embedder, atoms::submit::value, EmbedJob{std::move(request), std::move(listener)});
 }
 
@@ -468,6 +533,10 @@ std::string Runtime::metrics_text() {
 
 int Runtime::queued() const { return impl_->queued.load(); }
 bool Runtime::healthy() const { return impl_->healthy.load(); }
+std::string Runtime::failure() const {
+  std::lock_guard lock(impl_->failure_mutex);
+  return impl_->failure;
+}
 
 void Runtime::abort(uint64_t id) {
   caf::actor target;

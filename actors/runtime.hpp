@@ -38,6 +38,10 @@ struct RuntimeOptions {
   int max_model_len = 0;  // 0: the model's max_position_embeddings, capped by the KV cache's capacity
   std::filesystem::path trace_file;  // Chrome trace of the message flow, written at shutdown
   int actor_threads = 0;             // CAF scheduler threads; 0: 2
+  // Testing failure handling (--inject-fault RANK:STEP): the worker of this world rank fails its step
+  // of that index (0: its first) as a failed CUDA or NCCL call would. -1: no fault.
+  int inject_fault_rank = -1;
+  int64_t inject_fault_step = -1;
   std::function<void(const std::string&)> log;  // start-up lines (per-rank layout, KV blocks)
 };
 
@@ -89,13 +93,20 @@ class Runtime {
   // Validates the layout against the model before any weight is read (ConfigError), then loads
   // every shard and builds the graph. Blocks until the model is ready.
   explicit Runtime(RuntimeOptions options);
-  ~Runtime();  // aborts what runs, stops every actor, writes the trace file
+  // Aborts what runs, stops every actor, writes the trace file. Once the engine failed, a worker may
+  // never return (a GPU peer of the failed rank stays blocked in its collective): the destructor
+  // then waits kAbandonAfterSeconds for the workers and, if one is still busy, abandons the runtime
+  // instead of joining its thread: the actor system and what the workers use are left allocated.
+  // A process with an abandoned runtime should end with std::_Exit, since threads still run.
+  ~Runtime();
+  static constexpr double kAbandonAfterSeconds = 2.0;
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
   // Submits a request; the listener hears its tokens. Throws RequestError (400, fit for an HTTP
   // error body) for an empty prompt, an id outside the vocabulary, invalid sampling parameters, or
-  // a prompt plus max_tokens beyond max_model_len.
+  // a prompt plus max_tokens beyond max_model_len; and RequestError (503, ServiceUnavailableError)
+  // with failure() once the engine failed. The same holds for submit_text and embed.
   uint64_t submit(std::vector<int32_t> prompt, SamplingParams params, RequestListener listener);
   // Submits a text request: its request actor tokenizes it with `text` (chat template included),
   // validates it (RequestError, thrown here), then streams text events to the listener.
@@ -119,8 +130,11 @@ class Runtime {
   std::string metrics_text();
   // Requests accepted but not yet scheduled for the first time.
   int queued() const;
-  // False once a worker failed: requests then end with an error.
+  // False once a worker failed. The engine is then dead: every request in flight has ended (or ends
+  // within a step) with failure() as its error, and new ones are refused.
   bool healthy() const;
+  // Why the engine failed ("the engine failed: worker 1: ..."); empty while healthy.
+  std::string failure() const;
 
   const ModelConfig& model_config() const;
   int max_model_len() const;

@@ -15,6 +15,7 @@ struct SchedulerState {
   std::unique_ptr<Scheduler> scheduler;
   std::unordered_map<SeqId, caf::actor> requesters;
   bool admission_pending = false;
+  std::string failure;  // set once the engine failed: nothing is scheduled again
   std::string track;
   static inline const char* name = "scheduler";
 };
@@ -35,6 +36,13 @@ void admit_next(Self* self, bool allow_empty, OnPlan on_plan) {
       .then([=](AdmissionResult& admission) mutable {
         SchedulerState& st = self->state;
         st.admission_pending = false;
+        if (!st.failure.empty()) {
+          // Granted after the engine failed: the blocks go straight back.
+          std::vector<SeqId> granted;
+          for (const Admission& a : admission.admitted) granted.push_back(a.seq);
+          send_frees(self, std::move(granted));
+          return on_plan(PlanPtr{});
+        }
         std::vector<SeqId> stale;
         std::optional<StepPlan> plan = st.scheduler->plan(admission, allow_empty, stale);
         send_frees(self, std::move(stale));
@@ -45,6 +53,7 @@ void admit_next(Self* self, bool allow_empty, OnPlan on_plan) {
 
 void try_schedule(Self* self) {
   SchedulerState& st = self->state;
+  if (!st.failure.empty()) return;
   if (st.coordinator) {
     if (st.scheduler->has_schedulable()) self->send(st.coordinator, atoms::ready::value, st.spec.dp_rank);
     return;
@@ -71,6 +80,37 @@ void deliver(Self* self, std::vector<SequenceUpdate>& updates) {
   }
 }
 
+SequenceUpdate failed_update(SeqId id, const std::string& why) {
+  SequenceUpdate u;
+  u.seq = id;
+  u.aborted = true;
+  u.error = why;
+  return u;
+}
+
+// The engine failed (here or on another data-parallel rank): a step of it may never complete, since
+// the failed rank's peers can be stuck in a collective for good. So nothing waits for the steps in
+// flight: every sequence ends now with the cause, its blocks go back, and later submits are refused.
+void fail_engine(Self* self, const std::string& why) {
+  SchedulerState& st = self->state;
+  if (!st.failure.empty()) return;
+  st.failure = why;
+  std::vector<SeqId> to_free;
+  std::vector<SequenceUpdate> updates = st.scheduler->fail_all(to_free);
+  send_frees(self, std::move(to_free));
+  for (SequenceUpdate& u : updates) u.error = why;
+  deliver(self, updates);
+  for (auto& [id, requester] : st.requesters) self->send(requester, atoms::update::value, failed_update(id, why));
+  st.requesters.clear();
+  if (st.spec.metrics) {
+    SchedulerMetrics m;
+    m.dp = st.spec.dp_rank;
+    m.preemptions = st.scheduler->num_preemptions();
+    self->send(st.spec.metrics, atoms::observe::value, m);
+  }
+  if (st.spec.on_failure) st.spec.on_failure(why);
+}
+
 caf::behavior scheduler(Self* self, SchedulerSpec spec) {
   self->state.spec = std::move(spec);
   self->state.scheduler = std::make_unique<Scheduler>(self->state.spec.config);
@@ -82,6 +122,7 @@ caf::behavior scheduler(Self* self, SchedulerSpec spec) {
       },
       [=](atoms::submit, SubmitRequest& r) {
         SchedulerState& st = self->state;
+        if (!st.failure.empty()) return self->send(r.requester, atoms::update::value, failed_update(r.id, st.failure));
         st.requesters[r.id] = r.requester;
         st.scheduler->add(r.id, std::move(r.prompt), std::move(r.params), r.pooling);
         try_schedule(self);
@@ -101,15 +142,13 @@ caf::behavior scheduler(Self* self, SchedulerSpec spec) {
       },
       [=](atoms::done, const PlanPtr& plan, const StepResult& result) {
         SchedulerState& st = self->state;
+        if (!st.failure.empty()) return;  // its sequences ended when the engine failed
+        if (!result.error.empty()) return fail_engine(self, "the engine failed: " + result.error);
         std::vector<SeqId> to_free;
         std::vector<BlockCommit> commits;
         std::vector<SequenceUpdate> updates = st.scheduler->complete(*plan, result, to_free, commits);
         if (!commits.empty()) self->send(st.spec.kv_manager, atoms::commit::value, std::move(commits));
         send_frees(self, std::move(to_free));
-        if (!result.error.empty()) {
-          for (SequenceUpdate& u : updates) u.error = result.error;
-          if (st.spec.on_failure) st.spec.on_failure(result.error);
-        }
         if (st.spec.metrics) {
           SchedulerMetrics m;
           m.dp = st.spec.dp_rank;
@@ -129,14 +168,20 @@ caf::behavior scheduler(Self* self, SchedulerSpec spec) {
         try_schedule(self);
       },
       [=](atoms::step, uint64_t global_step) -> caf::result<PlanPtr> {
+        if (!self->state.failure.empty()) return caf::make_error(caf::sec::runtime_error, self->state.failure);
         auto promise = self->make_response_promise<PlanPtr>();
         admit_next(self, true, [=](PlanPtr plan) mutable {
+          if (!plan) {
+            promise.deliver(caf::make_error(caf::sec::runtime_error, self->state.failure));
+            return;
+          }
           auto with_step = std::make_shared<StepPlan>(*plan);
           with_step->step = global_step;
           promise.deliver(PlanPtr(std::move(with_step)));
         });
         return promise;
       },
+      [=](atoms::fail, const std::string& why) { fail_engine(self, why); },
       [=](atoms::stats) {
         const Scheduler& s = *self->state.scheduler;
         return SchedulerStats{self->state.spec.dp_rank, s.num_running(), s.num_waiting(), s.in_flight(),

@@ -18,7 +18,9 @@ struct SchedulerSpec {
   SchedulerConfig config;
   caf::actor kv_manager;
   TraceRecorder* trace = nullptr;
-  std::function<void(const std::string&)> on_failure;  // a step failed: the runtime is unhealthy
+  // Called once with the message its sequences got, when this rank fails the engine (a step of its
+  // failed, or the runtime said so): the runtime is unhealthy.
+  std::function<void(const std::string&)> on_failure;
   caf::actor metrics;
 };
 
@@ -41,7 +43,9 @@ struct SchedulerStats {
 
 // Protocol: (plan, caf::actor first_stage, caf::actor coordinator) once, before anything else (the
 // coordinator is unset unless data-parallel ranks step together); (submit, SubmitRequest); (abort, SeqId); (done, PlanPtr, StepResult) from the last
-// stage; (step, uint64_t global_step) -> PlanPtr from the coordinator; (stats) -> SchedulerStats.
+// stage; (step, uint64_t global_step) -> PlanPtr from the coordinator; (stats) -> SchedulerStats;
+// (fail, std::string why): the engine failed elsewhere. A step that failed, or a fail message, ends
+// every sequence of the rank with an error and refuses later ones with it (step answers an error).
 caf::actor spawn_scheduler(caf::actor_system& system, SchedulerSpec spec);
 
 }  // namespace troupe

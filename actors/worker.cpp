@@ -10,15 +10,15 @@
 #include "config/model_config.hpp"
 #include "engine/cpu_backend.hpp"
 #include "engine/model_runner.hpp"
+// The interface only (no CUDA in it): CPU builds keep an always-empty list of these.
+#include "kernels/gpu_timed_communicator.hpp"
 #ifdef TROUPE_HAVE_CUDA
 #include "kernels/cuda_backend.hpp"
 #include "kernels/gpu_logits_sampler.hpp"
-#include "kernels/gpu_timed_communicator.hpp"
 #include "kernels/nccl_communicator.hpp"
 #endif
 
 namespace troupe {
-class GpuTimedCommunicator;
 namespace {
 
 struct WorkerState {
@@ -78,7 +78,7 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           if (!sp.dummy_weights) files.emplace(WeightFiles::open(sp.model_dir));
           auto backend = make_backend(sp.device, sp.device_index);
           ShardComms comms = sp.comms;
-          for (const NcclSeat& seat : seats) {
+          for ([[maybe_unused]] const NcclSeat& seat : seats) {
 #ifdef TROUPE_HAVE_CUDA
             NcclUniqueId id;
             std::copy(seat.id.begin(), seat.id.end(), id.begin());
@@ -110,6 +110,7 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           if (sp.device == "cuda" && model->shard().last_stage() && model->shard().tp_rank == 0)
             sampler = make_gpu_logits_sampler(*backend, config.vocab_size, 64);
 #endif
+          model->reserve_scratch(std::max(sp.max_batched_tokens, 256));
           auto [free, total] = backend->memory();
           if (total > 0) {
             // What is left of this process's share after the weights, less a reserve for activations

@@ -94,6 +94,8 @@ class Backend {
   virtual void reserve_moe_experts(int64_t tokens, int top_k, const Tensor& gate_up, const Tensor& down) {
     (void)tokens, (void)top_k, (void)gate_up, (void)down;
   }
+  // The same for scatter_add_rows of `count` source rows into `rows` rows.
+  virtual void reserve_scatter_add_rows(int64_t count, int64_t rows) { (void)count, (void)rows; }
   // Fills a floating tensor with deterministic pseudo-random values of mean `mean` and standard
   // deviation `std` (dummy weights: the shapes of a real model without its files). Element i's value
   // comes from counter window.index(i): `t` may be a slice of a larger tensor, and each element gets

@@ -196,15 +196,31 @@ struct Model::Weights {
 
 void Model::reserve_inputs(int tokens, int seqs, int blocks_per_seq) {
   inputs_.reserve(tokens, seqs, blocks_per_seq);
-  // Without expert parallelism across data-parallel ranks, the MoE layers see the tokens of every
-  // rank of the group gathered.
-  const int64_t gathered = comms_.moe && !shard_.layout.enable_expert_parallel ? comms_.moe->size() : 1;
+  reserve_scratch(tokens);
+}
+
+void Model::reserve_scratch(int tokens) {
+  const Weights::Layer* moe = nullptr;
   for (const Weights::Layer& layer : weights_->layers)
     if (layer.moe) {
-      backend_.reserve_moe_experts(tokens * gathered, config_.num_experts_per_tok, layer.experts.gate_up,
-                                   layer.experts.down);
-      break;  // every MoE layer has the same shape
+      moe = &layer;  // every MoE layer has the same shape
+      break;
     }
+  if (!moe) return;
+  const int k = config_.num_experts_per_tok;
+  const Tensor& gate_up = moe->experts.gate_up;
+  if (!comms_.moe) {
+    backend_.reserve_moe_experts(tokens, k, gate_up, moe->experts.down);
+  } else if (!shard_.layout.enable_expert_parallel) {
+    // Every rank of the group sees the tokens of all of them, gathered.
+    backend_.reserve_moe_experts(int64_t{tokens} * comms_.moe->size(), k, gate_up, moe->experts.down);
+  } else {
+    // All-to-all: this rank computes the (token, expert) pairs of every rank that go to its experts,
+    // at most min(k, its experts) per token, one choice each; the results scatter back onto tokens.
+    const int64_t local = std::min<int64_t>(k, gate_up.size(0));
+    backend_.reserve_moe_experts(int64_t{tokens} * comms_.moe->size() * local, 1, gate_up, moe->experts.down);
+    backend_.reserve_scatter_add_rows(int64_t{tokens} * k, tokens);
+  }
 }
 
 Model::Model(ModelConfig config, const WeightFiles& files, Backend& backend, int max_positions,

@@ -98,6 +98,9 @@ class Model {
   // Sizes the input buffers, and the backend's scratch of the ops that keep one, for the largest
   // batch to come: a captured graph must never see them move.
   void reserve_inputs(int tokens, int seqs, int blocks_per_seq);
+  // Only the backend's scratch, for steps of up to `tokens` tokens: before the KV cache is sized, so
+  // that its budget leaves room for them.
+  void reserve_scratch(int tokens);
   StepInputBuffers& inputs() { return inputs_; }
   // Whether run() can be captured: MoE layers across data-parallel ranks exchange token counts
   // through the host mid-step, which a captured graph cannot do; and a pipeline stage's graphs of

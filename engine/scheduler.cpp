@@ -211,4 +211,24 @@ std::vector<SequenceUpdate> Scheduler::fail(const StepPlan& plan, std::vector<Se
   return updates;
 }
 
+std::vector<SequenceUpdate> Scheduler::fail_all(std::vector<SeqId>& to_free) {
+  std::vector<SequenceUpdate> updates;
+  for (const auto& [id, s] : seqs_) {
+    SequenceUpdate u;
+    u.seq = id;
+    u.aborted = true;
+    u.num_prompt_tokens = s.prompt_len;
+    u.num_output_tokens = static_cast<int>(s.tokens.size()) - s.prompt_len;
+    u.num_cached_tokens = s.num_cached;
+    to_free.push_back(id);
+    updates.push_back(std::move(u));
+  }
+  seqs_.clear();
+  waiting_.clear();
+  running_.clear();
+  released_.clear();  // the samplers that held them are on the dead workers
+  in_flight_ = 0;
+  return updates;
+}
+
 }  // namespace troupe

@@ -66,6 +66,11 @@ class Scheduler {
                                        std::vector<BlockCommit>& commits);
   // Fails every sequence of a micro-batch (a worker error); they are gone afterwards.
   std::vector<SequenceUpdate> fail(const StepPlan& plan, std::vector<SeqId>& to_free);
+  // Fails every sequence, in flight or not (the engine is dead: its steps may never complete). They
+  // are gone afterwards; `to_free` receives all of them: the block manager's view of which hold
+  // blocks may be ahead of this one (an admission in flight), and freeing a sequence without blocks
+  // does nothing.
+  std::vector<SequenceUpdate> fail_all(std::vector<SeqId>& to_free);
 
   bool has_schedulable() const;
   bool knows(SeqId id) const { return seqs_.count(id) > 0; }  // a sequence not in flight that wants tokens

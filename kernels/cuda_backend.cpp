@@ -487,6 +487,12 @@ class CudaBackend final : public Backend {
     scratch(moe_scratch_, cuda::moe_experts_scratch_bytes(shape));
   }
 
+  void reserve_scatter_add_rows(int64_t count, int64_t rows) override {
+    if (count <= 0 || rows <= 0) return;
+    bind();
+    scratch(scatter_scratch_, cuda::scatter_add_rows_scratch_bytes(count, rows));
+  }
+
   uint64_t workspace_generation() const override { return workspace_generation_; }
 
   void add_sigmoid_gated(const Tensor& x, const Tensor& gate, const Tensor& inout) override {

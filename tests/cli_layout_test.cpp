@@ -12,21 +12,8 @@
 namespace troupe {
 namespace {
 
-struct CliRun {
-  int code = -1;
-  std::string output;
-};
-
-CliRun troupe_cli(const std::string& args, bool with_stderr = true) {
-  const std::string cmd = (test::binary_dir() / "troupe").string() + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  CliRun r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using test::CliRun;
+using test::troupe_cli;
 
 std::filesystem::path config_only(const std::string& preset) {
   const auto dir = test::scratch_dir(preset);

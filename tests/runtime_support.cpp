@@ -7,6 +7,20 @@
 
 namespace troupe::test {
 
+std::shared_ptr<FinalEvents> submit_collecting_finals(Runtime& runtime, const std::vector<Job>& jobs) {
+  auto c = std::make_shared<FinalEvents>();
+  c->finals.resize(jobs.size());
+  for (size_t i = 0; i < jobs.size(); ++i)
+    runtime.submit(jobs[i].prompt, jobs[i].params, [c, i](const RequestEvent& e) {
+      if (!e.final()) return;
+      std::lock_guard lock(c->m);
+      c->finals[i] = e;
+      ++c->finished;
+      c->cv.notify_all();
+    });
+  return c;
+}
+
 std::vector<Outcome> run_jobs(Runtime& runtime, const std::vector<Job>& jobs, double timeout_s) {
   std::mutex m;
   std::condition_variable cv;

@@ -21,6 +21,17 @@ struct Job {
   SamplingParams params;
 };
 
+// The final events of submitted jobs, by job index. Shared with the listeners, which may outlive a
+// wait that gave up (a failed engine's test).
+struct FinalEvents {
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<RequestEvent> finals;
+  size_t finished = 0;
+};
+// Submits every job; the result fills in as they end.
+std::shared_ptr<FinalEvents> submit_collecting_finals(Runtime& runtime, const std::vector<Job>& jobs);
+
 // Submits all jobs at once and waits for every one to finish; outcomes by job index.
 std::vector<Outcome> run_jobs(Runtime& runtime, const std::vector<Job>& jobs, double timeout_s = 120);
 

@@ -1,5 +1,10 @@
 #include "tests/test_support.hpp"
 
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -44,6 +49,18 @@ std::filesystem::path tiny_model(const std::string& preset) {
   std::filesystem::rename(tmp, dir, ec);  // another process may have won the race: theirs is identical
   std::filesystem::remove_all(tmp);
   return dir;
+}
+
+CliRun troupe_cli(const std::string& args, bool with_stderr, int limit_s) {
+  const std::string cmd = (limit_s > 0 ? "timeout " + std::to_string(limit_s) + " " : std::string()) +
+                          (binary_dir() / "troupe").string() + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  CliRun r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
 }
 
 }  // namespace troupe::test

@@ -16,4 +16,12 @@ std::filesystem::path scratch_dir(const std::string& tag = "");
 // a temporary folder and renamed, so test programs running in parallel never see half a model).
 std::filesystem::path tiny_model(const std::string& preset);
 
+// `troupe ARGS` of this build tree run through the shell: its exit code and output (stderr too, unless
+// with_stderr is false). limit_s > 0 kills it after that many seconds (a hang reads exit code 124).
+struct CliRun {
+  int code = -1;
+  std::string output;
+};
+CliRun troupe_cli(const std::string& args, bool with_stderr = true, int limit_s = 0);
+
 }  // namespace troupe::test

@@ -54,7 +54,10 @@ EngineFlags::EngineFlags() {
       ("max-num-batched-tokens", po::value(&o_.max_num_batched_tokens), "tokens in one step at most (default 2048)")
       ("max-model-len", po::value(&o_.max_model_len), "prompt + output tokens of a request at most (default: the model's)")
       ("trace-file", po::value<std::string>()->notifier([this](const std::string& v) { o_.trace_file = v; }),
-       "write a Chrome trace of the message flow (open in Perfetto)");
+       "write a Chrome trace of the message flow (open in Perfetto)")
+      ("inject-fault", po::value(&inject_fault_),
+       "for testing failure handling: RANK:STEP makes the worker of world rank RANK fail its step STEP (0: its "
+       "first) as a failed CUDA or NCCL call would; the engine is then dead: /health says 503, requests fail");
   // clang-format on
 }
 
@@ -79,6 +82,22 @@ RuntimeOptions EngineFlags::runtime_options(const std::string& model_dir) const 
   at_least(o.block_size, 1, "block-size");
   if (o.max_model_len != 0) at_least(o.max_model_len, 1, "max-model-len");
   if (o.num_blocks_override != 0) at_least(o.num_blocks_override, 1, "num-gpu-blocks-override");
+  if (!inject_fault_.empty()) {
+    const size_t colon = inject_fault_.find(':');
+    auto number = [&](const std::string& part) -> int64_t {
+      if (part.empty() || part.size() > 18 || part.find_first_not_of("0123456789") != std::string::npos)
+        throw ConfigError("--inject-fault: expected RANK:STEP (non-negative integers, e.g. 1:20), got '" + inject_fault_ + "'");
+      return std::stoll(part);
+    };
+    if (colon == std::string::npos) number("");
+    const int64_t rank = number(inject_fault_.substr(0, colon));
+    o.inject_fault_step = number(inject_fault_.substr(colon + 1));
+    const int64_t world = int64_t{o.parallel.tensor_parallel_size} * o.parallel.pipeline_parallel_size * o.parallel.data_parallel_size;
+    if (world > 0 && rank >= world)  // a layout that is not valid gets its own message later
+      throw ConfigError("--inject-fault: rank " + std::to_string(rank) + " is not one of the " + std::to_string(world) +
+                        " ranks of the layout (tensor x pipeline x data parallel size)");
+    o.inject_fault_rank = static_cast<int>(rank);
+  }
   return o;
 }
 

@@ -1,5 +1,5 @@
 // The engine flags that `troupe generate` and `troupe serve` share, with vLLM's names: the parallel
-// layout, the KV cache, batching limits, the device and the trace file.
+// layout, the KV cache, batching limits, the device, the trace file and fault injection.
 #pragma once
 
 #include <boost/program_options.hpp>
@@ -20,6 +20,7 @@ class EngineFlags {
   boost::program_options::options_description options_{"engine"};
   RuntimeOptions o_;
   std::string kv_cache_memory_;
+  std::string inject_fault_;
   bool no_prefix_caching_ = false;
   bool prefix_caching_ = false;
 };

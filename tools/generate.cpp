@@ -6,9 +6,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -214,14 +216,28 @@ int generate_command(int argc, char** argv) {
 
   if (!quiet) options.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
   try {
-    Runtime runtime(options);
+    auto runtime = std::make_unique<Runtime>(options);
+    // A failed engine's worker may still be blocked in a collective (the runtime then abandons it):
+    // exit-time destructors must not wait on it.
+    auto leave_failed = [&](bool said) {
+      if (!said) std::fprintf(stderr, "troupe generate: %s\n", runtime->failure().c_str());
+      runtime.reset();
+      std::fflush(stdout);
+      std::fflush(stderr);
+      std::_Exit(1);
+    };
     EventQueue events;
     const auto start = std::chrono::steady_clock::now();
     std::vector<uint64_t> ids;
-    for (const BatchItem& item : batch) {
-      SamplingParams p = params;
-      if (item.max_tokens) p.max_tokens = *item.max_tokens;
-      ids.push_back(runtime.submit(item.prompt, p, [&events](const RequestEvent& e) { events.push(e); }));
+    try {
+      for (const BatchItem& item : batch) {
+        SamplingParams p = params;
+        if (item.max_tokens) p.max_tokens = *item.max_tokens;
+        ids.push_back(runtime->submit(item.prompt, p, [&events](const RequestEvent& e) { events.push(e); }));
+      }
+    } catch (const RequestError&) {
+      if (runtime->healthy()) throw;
+      leave_failed(false);
     }
     std::unordered_map<uint64_t, size_t> index;
     for (size_t i = 0; i < ids.size(); ++i) index[ids[i]] = i;
@@ -276,6 +292,7 @@ int generate_command(int argc, char** argv) {
     std::fprintf(stderr, "%zu requests, %lld prompt and %lld generated tokens in %.2f s: %.1f generated tokens/s\n",
                  batch.size(), static_cast<long long>(prompt_tokens), static_cast<long long>(generated), seconds,
                  generated / seconds);
+    if (!runtime->healthy()) leave_failed(single && !finals[0].error.empty());
     return failures ? 1 : 0;
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "troupe generate: %s\n", e.what());

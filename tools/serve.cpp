@@ -127,7 +127,16 @@ int serve_command(int argc, char** argv) {
       lock.unlock();
       server.stop();  // closes connections and aborts their generations while the engine still runs
     }
+    const bool failed = !client->healthy();
     client.reset();
+    if (failed) {
+      // A failed engine's worker may still be blocked in a collective, its runtime abandoned: exit-time
+      // destructors must not wait on it.
+      std::fprintf(stderr, "troupe serve: stopped with a failed engine\n");
+      std::fflush(stdout);
+      std::fflush(stderr);
+      std::_Exit(1);
+    }
     return 0;
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "troupe serve: %s\n", e.what());
