@@ -4,7 +4,8 @@
 // unhealthy, and destroying it returns (it abandons the stuck worker, see ~Runtime) instead of
 // joining that thread forever.
 //
-// The scenario runs in a child process (a gtest death test, re-executed): the stuck thread and the
+// Run all_gpu_tests by its path (the death test re-executes argv[0]). The scenario runs in a child
+// process (a gtest death test, re-executed): the stuck thread and the
 // spinning NCCL kernel die with it, and leave the GPUs to the tests after this one.
 #include <gtest/gtest.h>
 
@@ -17,6 +18,7 @@
 
 #include "kernels/cuda_backend.hpp"
 #include "tests/runtime_support.hpp"
+#include "tests/stack_watchdog.hpp"
 #include "tests/test_support.hpp"
 
 namespace troupe {
@@ -28,11 +30,8 @@ double since(Clock::time_point start) { return std::chrono::duration<double>(Clo
 
 // The child: checks, prints what went wrong, and leaves with _Exit (threads may still be stuck).
 [[noreturn]] void fail_one_gpu_worker(const std::filesystem::path& model) {
-  std::thread([] {  // a hang is a failure too, not a stuck test run
-    std::this_thread::sleep_for(std::chrono::seconds(90));
-    std::fprintf(stderr, "fault gpu: hung for 90 s\n");
-    std::_Exit(3);
-  }).detach();
+  // A hang is a failure too, not a stuck test run: the stacks of every thread say where it waits.
+  test::start_watchdog(45);
   std::string problems;
   auto check = [&](bool ok, const std::string& what) {
     if (!ok) problems += "  " + what + "\n";
@@ -48,7 +47,10 @@ double since(Clock::time_point start) { return std::chrono::duration<double>(Clo
   o.log = [](const std::string& line) { std::fprintf(stderr, "    %s\n", line.c_str()); };
   double destroy_seconds = 0;
   {
+    std::fprintf(stderr, "fault gpu: starting the runtime\n");
     auto runtime = std::make_unique<Runtime>(o);
+    std::fprintf(stderr, "fault gpu: runtime ready, submitting\n");
+    test::touch();
     std::vector<test::Job> jobs = test::mixed_jobs(8, runtime->model_config().vocab_size, 11);
     for (test::Job& j : jobs) j.params.max_tokens = 64;
     const auto start = Clock::now();
@@ -65,8 +67,10 @@ double since(Clock::time_point start) { return std::chrono::duration<double>(Clo
       }
     }
     std::fprintf(stderr, "fault gpu: requests ended %.2f s after submission\n", since(start));
+    test::touch();
     check(!runtime->healthy(), "the runtime is still healthy");
     check(runtime->failure().find("fault injected") != std::string::npos, "failure() is '" + runtime->failure() + "'");
+    std::fprintf(stderr, "fault gpu: destroying the runtime\n");
     const auto destroying = Clock::now();
     runtime.reset();
     destroy_seconds = since(destroying);

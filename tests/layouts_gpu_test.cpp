@@ -11,14 +11,8 @@
 // Models: the tiny fixtures from files, and the qwen3-0.6b and qwen3-30b-a3b presets with dummy
 // weights (one model in every layout, see Model's Loader) when TROUPE_LAYOUT_BIG=1, as on the GPU
 // machine. Layouts: those that fit the visible GPUs (2 or 4).
-#include <execinfo.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
-#include <atomic>
-#include <dirent.h>
 #include <thread>
 
 #include <chrono>
@@ -29,6 +23,7 @@
 #include "config/error.hpp"
 #include "kernels/cuda_backend.hpp"
 #include "tests/runtime_support.hpp"
+#include "tests/stack_watchdog.hpp"
 #include "tests/test_support.hpp"
 #include "tools/model_maker.hpp"
 
@@ -38,44 +33,8 @@ namespace {
 constexpr float kNearTie = 0.1f;
 constexpr float kNearTieMoe = 0.3f;
 
-// A hung layout prints every thread's stack and ends the program, so the GPU machine's command goes
-// on and the stacks say where it hung.
-void print_stack(int) {
-  void* frames[64];
-  const int n = backtrace(frames, 64);
-  char head[64];
-  const int len = std::snprintf(head, sizeof head, "--- thread %ld\n", static_cast<long>(syscall(SYS_gettid)));
-  (void)!write(2, head, len);
-  backtrace_symbols_fd(frames, n, 2);
-}
-
-std::atomic<int64_t> progress_at{0};
-void touch() { progress_at = std::chrono::steady_clock::now().time_since_epoch().count(); }
-
-void start_watchdog(double seconds) {
-  signal(SIGUSR2, print_stack);
-  touch();
-  std::thread([seconds] {
-    for (;;) {
-      std::this_thread::sleep_for(std::chrono::seconds(1));
-      const auto idle = std::chrono::steady_clock::now().time_since_epoch() - std::chrono::steady_clock::duration(progress_at.load());
-      if (std::chrono::duration<double>(idle).count() < seconds) continue;
-      std::fprintf(stderr, "no progress for %.0f s: stacks of every thread\n", seconds);
-      if (DIR* d = opendir("/proc/self/task")) {
-        while (dirent* e = readdir(d)) {
-          const long tid = std::atol(e->d_name);
-          if (tid > 0 && tid != syscall(SYS_gettid)) {
-            syscall(SYS_tgkill, getpid(), tid, SIGUSR2);
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-          }
-        }
-        closedir(d);
-      }
-      std::this_thread::sleep_for(std::chrono::seconds(1));
-      std::_Exit(3);
-    }
-  }).detach();
-}
+using test::start_watchdog;
+using test::touch;
 
 struct Layout {
   int tp, pp, dp;
