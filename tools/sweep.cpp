@@ -379,9 +379,9 @@ std::vector<std::string> write_plots(const SweepData& d, const fs::path& out, bo
   line_chart(
       "ttft_p99", "TTFT p99" + shape, "TTFT p99 (ms)", [](const SweepPoint& p) { return p.p99_ttft_ms; }, true);
   BarChart bars;
-  bars.title = "Communication share of a pipeline stage's step";
+  bars.title = "Communication share of a worker's step";
   bars.y_label = "time in collectives (%)";
-  bars.note = "n/a: no collectives (one device per replica)";
+  bars.note = "n/a: no collective was timed (one device per replica, or a point without the figure)";
   for (int c : d.concurrency) bars.bars.push_back("c=" + std::to_string(c));
   for (const SweepLayout& l : d.layouts) {
     std::vector<std::optional<double>> values;
