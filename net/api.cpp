@@ -58,10 +58,9 @@ bool Api::authorized(std::string_view path, std::string_view authorization) cons
   return authorization.starts_with(scheme) && equal_constant_time(authorization.substr(scheme.size()), api_key_);
 }
 
-HttpReply Api::error_reply(const RequestError& error) {
+HttpReply Api::error_reply(const RequestError& error, bool temporary) {
   HttpReply r{error.status(), "application/json", error_body(error), {}};
-  // Overload is temporary: tell well-behaved clients when to come back.
-  if (error.status() == 503) r.headers.emplace_back("Retry-After", "1");
+  if (error.status() == 503 && temporary) r.headers.emplace_back("Retry-After", "1");
   return r;
 }
 
@@ -72,7 +71,7 @@ ApiResult Api::handle(const HttpRequest& request, const Post& post) {
       throw RequestError(401, "Unauthorized: give the API key as `Authorization: Bearer KEY`", "", "AuthenticationError");
     return route(request, path, post);
   } catch (const RequestError& e) {
-    return reply(error_reply(e));
+    return reply(error_reply(e, engine_.healthy()));
   } catch (const std::invalid_argument& e) {
     return reply(error_reply(RequestError(400, e.what())));
   } catch (const std::exception& e) {

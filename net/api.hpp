@@ -46,7 +46,8 @@ class Api {
   EngineClient& engine() { return engine_; }
   const ModelCard& model() const { return model_; }
 
-  static HttpReply error_reply(const RequestError& error);
+  // `temporary`: a 503 says when to retry (overload passes; a failed engine does not come back).
+  static HttpReply error_reply(const RequestError& error, bool temporary = true);
   static std::string_view path_of(std::string_view target);
 
  private:

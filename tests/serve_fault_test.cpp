@@ -102,6 +102,7 @@ TEST(ServeFault, AFailedWorkerFailsRequestsInFlightAndLaterOnesAndTheProcessStil
                                  : R"({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": true})";
     const HttpResponse r = http_call(port16, "POST", path, body);
     EXPECT_EQ(r.status, 503) << path << ": " << r.body;
+    EXPECT_EQ(r.header("retry-after"), "") << path << ": a failed engine does not come back";
     const boost::json::object e = error_of(r.body);
     EXPECT_EQ(e.at("type").as_string(), "ServiceUnavailableError") << path;
     EXPECT_EQ(e.at("code").as_int64(), 503) << path;
