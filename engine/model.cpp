@@ -319,6 +319,9 @@ struct Pass {
   Backend& be;
   DType dt;
   int64_t t;
+  // Tokens of each rank of the MoE group: the same at every layer, so gathered once per pass (a
+  // gather of counts waits for the host; one per layer cost each step ~48 round trips).
+  std::vector<int64_t> moe_counts;
 
   Tensor upload_i32(const std::vector<int32_t>& v) {
     Tensor out = be.allocate({static_cast<int64_t>(v.size())}, DType::i32);
@@ -423,10 +426,13 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
     // tokens are present on its tp ranks; tensor-parallel rank 0 speaks for them.
     const bool speaker = shard_.tp_rank == 0;
     const int64_t mine = speaker ? t : 0;
-    std::vector<int64_t> counts(size);
-    group.all_gather_counts(std::span(&mine, 1), counts);
     be.zero(delta);
     if (!shard_.layout.enable_expert_parallel) {
+      if (pass.moe_counts.empty()) {
+        pass.moe_counts.resize(size);
+        group.all_gather_counts(std::span(&mine, 1), pass.moe_counts);
+      }
+      const std::vector<int64_t>& counts = pass.moe_counts;
       span("moe_dispatch", true);
       int64_t total = 0;
       for (int64_t n : counts) total += n;

@@ -10,6 +10,7 @@
 #include "config/model_config.hpp"
 #include "engine/cpu_backend.hpp"
 #include "engine/model.hpp"
+#include "tests/model_support.hpp"
 #include "tests/test_support.hpp"
 
 namespace troupe {
@@ -22,17 +23,8 @@ struct Seq {
   std::vector<int32_t> table;
 };
 
-// Logits of every position of `tokens` when the sequence runs alone in a fresh cache.
 std::vector<float> alone(Model& model, const std::vector<int32_t>& tokens) {
-  const int blocks = static_cast<int>(tokens.size() + kBlock - 1) / kBlock;
-  KvCache cache = model.allocate_kv_cache(blocks, kBlock);
-  std::vector<int32_t> table(blocks);
-  std::iota(table.begin(), table.end(), 0);
-  StepBatch batch;
-  batch.add_sequence(tokens, 0, table, Logits::all);
-  std::vector<float> out(tokens.size() * model.config().vocab_size);
-  model.backend().download(model.forward(batch, cache), out.data());
-  return out;
+  return test::logits_alone(model, tokens, kBlock);
 }
 
 float max_diff(const float* a, const float* b, size_t n) {
