@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config/error.hpp"
+#include "tools/command_error.hpp"
 #include "tools/sweep.hpp"
 #include "tools/sweep_result.hpp"
 
@@ -378,12 +379,8 @@ int advise_command(int argc, char** argv) {
       throw ConfigError("--sweep: " + sweep_file + ": " + e.what());
     }
     cap = read_plan(plan_file);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "troupe advise: %s\n(see troupe advise --help)\n", e.what());
-    return 2;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe advise: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("advise");
   }
 
   const bool by_ttft = objective == "ttft";

@@ -19,6 +19,7 @@
 #include "engine/decode_graphs.hpp"
 #include "engine/model.hpp"
 #include "tools/bench_serve.hpp"
+#include "tools/command_error.hpp"
 #include "tools/commands.hpp"
 #ifdef TROUPE_HAVE_CUDA
 #include "kernels/ceilings.hpp"
@@ -115,9 +116,8 @@ int bench_command(int argc, char** argv) {
     }
     po::notify(vm);
     if (mode != "decode" && mode != "prefill") throw ConfigError("expected decode or prefill, got '" + mode + "'");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe bench: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("bench", 2);
   }
 
   try {
@@ -220,9 +220,8 @@ int bench_command(int argc, char** argv) {
       std::fflush(stdout);
     }
     return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe bench: %s\n", e.what());
-    return 1;
+  } catch (...) {
+    return command_error("bench");
   }
 }
 

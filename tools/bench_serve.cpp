@@ -11,6 +11,7 @@
 #include "config/error.hpp"
 #include "tools/bench_client.hpp"
 #include "tools/bench_server_metrics.hpp"
+#include "tools/command_error.hpp"
 
 namespace troupe {
 namespace {
@@ -227,12 +228,8 @@ int bench_serve_command(int argc, char** argv) {
     o.metrics_interval = std::chrono::milliseconds(interval_ms);
     o.progress = !no_progress;
     check_options(o);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "troupe bench serve: %s\n(see troupe bench serve --help)\n", e.what());
-    return 2;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe bench serve: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("bench serve");
   }
   try {
     const BenchResult r = run_bench_serve(o);
@@ -243,12 +240,8 @@ int bench_serve_command(int argc, char** argv) {
       return 1;
     }
     return 0;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe bench serve: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe bench serve: %s\n", e.what());
-    return 1;
+  } catch (...) {
+    return command_error("bench serve");
   }
 }
 

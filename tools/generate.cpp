@@ -22,6 +22,7 @@
 #include "engine/chat_template.hpp"
 #include "engine/incremental_detokenizer.hpp"
 #include "engine/tokenizer.hpp"
+#include "tools/command_error.hpp"
 #include "tools/commands.hpp"
 #include "tools/engine_flags.hpp"
 
@@ -203,15 +204,8 @@ int generate_command(int argc, char** argv) {
     params.repetition_penalty = repetition_penalty.value_or(generation.repetition_penalty.value_or(1.0));
     params.seed = seed;
     if (auto problem = params.check()) throw ConfigError("--" + *problem);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "troupe generate: %s\n(see troupe generate --help)\n", e.what());
-    return 2;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe generate: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe generate: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("generate", 2);
   }
 
   if (!quiet) options.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
@@ -294,15 +288,8 @@ int generate_command(int argc, char** argv) {
                  generated / seconds);
     if (!runtime->healthy()) leave_failed(single && !finals[0].error.empty());
     return failures ? 1 : 0;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe generate: %s\n", e.what());
-    return 2;
-  } catch (const RequestError& e) {
-    std::fprintf(stderr, "troupe generate: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe generate: %s\n", e.what());
-    return 1;
+  } catch (...) {
+    return command_error("generate");
   }
 }
 

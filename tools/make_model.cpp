@@ -7,6 +7,7 @@
 #include <string>
 
 #include "config/error.hpp"
+#include "tools/command_error.hpp"
 #include "tools/commands.hpp"
 #include "tools/model_maker.hpp"
 #include "tools/presets.hpp"
@@ -69,12 +70,8 @@ int make_model_command(int argc, char** argv) {
     options.out = out;
     options.tokenizer_dir = tokenizer_dir;
     options.seed = parse_seed(seed_text);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "troupe make-model: %s\n(see troupe make-model --help)\n", e.what());
-    return 2;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe make-model: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("make-model");
   }
 
   options.progress = true;
@@ -82,12 +79,8 @@ int make_model_command(int argc, char** argv) {
   MakeModelResult result;
   try {
     result = make_model(options);
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe make-model: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe make-model: %s\n", e.what());
-    return 1;
+  } catch (...) {
+    return command_error("make-model");
   }
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 

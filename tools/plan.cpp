@@ -10,6 +10,7 @@
 #include <string>
 
 #include "config/error.hpp"
+#include "tools/command_error.hpp"
 #include "tools/commands.hpp"
 #include "tools/json_file.hpp"
 #include "tools/layout_plan.hpp"
@@ -385,9 +386,8 @@ int plan_command(int argc, char** argv) {
     } catch (const std::exception& e) {
       throw ConfigError(std::string("--model: ") + e.what());
     }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe plan: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("plan", 2);
   }
 
   try {
@@ -396,9 +396,8 @@ int plan_command(int argc, char** argv) {
     print_table(config, plans, hw, gpus, show_ranks);
     if (!json_file.empty()) write_json_file(json_file, plan_json(model_dir, config, plans, hw, gpus));
     return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe plan: %s\n", e.what());
-    return 1;
+  } catch (...) {
+    return command_error("plan");
   }
 }
 

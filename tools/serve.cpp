@@ -15,6 +15,7 @@
 #include "actors/runtime_client.hpp"
 #include "config/error.hpp"
 #include "net/server.hpp"
+#include "tools/command_error.hpp"
 #include "tools/commands.hpp"
 #include "tools/engine_flags.hpp"
 
@@ -79,12 +80,8 @@ int serve_command(int argc, char** argv) {
     server_options.api_key = api_key;
     server_options.http_threads = http_threads;
     server_options.max_request_bytes = static_cast<size_t>(body_limit);
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "troupe serve: %s\n(see troupe serve --help)\n", e.what());
-    return 2;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe serve: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("serve");
   }
 
   // SIGINT and SIGTERM go to one waiting thread (every thread started from here on inherits the
@@ -138,12 +135,8 @@ int serve_command(int argc, char** argv) {
       std::_Exit(1);
     }
     return 0;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe serve: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe serve: %s\n", e.what());
-    return 1;
+  } catch (...) {
+    return command_error("serve");
   }
 }
 

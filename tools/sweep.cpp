@@ -21,6 +21,7 @@
 #include "tools/bench_client.hpp"
 #include "tools/bench_serve.hpp"
 #include "tools/bench_server_metrics.hpp"
+#include "tools/command_error.hpp"
 #include "tools/commands.hpp"
 #include "tools/json_file.hpp"
 #include "tools/layout_plan.hpp"
@@ -722,12 +723,8 @@ int sweep_command(int argc, char** argv) {
     o.concurrency = parse_int_list(concurrency, "concurrency");
     o.out_dir = out;
     o.png = !no_png;
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "troupe sweep: %s\n(see troupe sweep --help)\n", e.what());
-    return 2;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe sweep: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("sweep");
   }
   try {
     const SweepData d = run_sweep(o);
@@ -736,12 +733,8 @@ int sweep_command(int argc, char** argv) {
         if (p.ok()) return 0;
     std::fprintf(stderr, "troupe sweep: no point was measured\n");
     return 1;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe sweep: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "troupe sweep: %s\n", e.what());
-    return 1;
+  } catch (...) {
+    return command_error("sweep");
   }
 }
 
