@@ -146,7 +146,9 @@ ExpertDensity expert_density(const ModelConfig& c, const ParallelConfig& p) {
 
 }  // namespace
 
-int64_t vocab_rows_per_rank(const ModelConfig& c, int tp) { return (static_cast<int64_t>(c.vocab_size) + tp - 1) / tp; }
+int64_t vocab_rows_per_rank(const ModelConfig& c, int tp) {
+  return ShardPlan(c, ModelShard{ParallelConfig{tp, 1, 1, false}, 0, 0, 0}).vocab_rows;  // Model's own rule
+}
 
 RankWeights rank_weights(const ModelConfig& c, const ModelShard& shard, DType dtype) {
   return tally_weights(c, shard, dtype).weights;
