@@ -280,7 +280,7 @@ void Runtime::Impl::build() {
         const int r = p.rank(d, s, t);
         WorkerSpec spec;
         spec.rank = r;
-        spec.shard = {p, t, s, d};
+        spec.shard = {p, t, s, d, options.moe_exchange};
         spec.comms = comms[r];
         spec.abort_comms = [this, mine = groups_of[r]](const std::string& why) { abort_groups(mine, why); };
         spec.model_dir = options.model_dir;

@@ -33,6 +33,7 @@ struct RuntimeOptions {
   bool enable_prefix_caching = true;
   bool enforce_eager = false;              // vLLM's name: no CUDA graphs of decode steps
   bool disable_custom_all_reduce = false;  // vLLM's name: GPU all-reduces through NCCL alone
+  MoeExchange moe_exchange = MoeExchange::all_to_all;  // vLLM's --all2all-backend (EP across dp ranks)
   int max_num_seqs = 256;
   int max_num_batched_tokens = 2048;
   int max_model_len = 0;  // 0: the model's max_position_embeddings, capped by the KV cache's capacity

@@ -3,12 +3,20 @@
 // outermost, then pp, then tp (so a TP group is contiguous devices).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "config/model_config.hpp"
 
 namespace troupe {
+
+// How the ranks of an MoE group that spans data-parallel ranks with expert parallelism exchange
+// tokens (vLLM's --all2all-backend). all_to_all: each (token, expert) pair travels to its expert's
+// rank and back; the pairs' counts cross the host at every MoE layer. allgather_reducescatter: every
+// rank gathers all the group's tokens (their counts cross the host once per step), computes its own
+// experts' part for all of them, and a reduce-scatter sums the parts back onto each token's rank.
+enum class MoeExchange : uint8_t { all_to_all, allgather_reducescatter };
 
 struct ParallelConfig {
   int tensor_parallel_size = 1;

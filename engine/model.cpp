@@ -211,7 +211,7 @@ void Model::reserve_scratch(int tokens) {
   const Tensor& gate_up = moe->experts.gate_up;
   if (!comms_.moe) {
     backend_.reserve_moe_experts(tokens, k, gate_up, moe->experts.down);
-  } else if (!shard_.layout.enable_expert_parallel) {
+  } else if (gathers_moe_tokens()) {
     // Every rank of the group sees the tokens of all of them, gathered.
     backend_.reserve_moe_experts(int64_t{tokens} * comms_.moe->size(), k, gate_up, moe->experts.down);
   } else {
@@ -427,7 +427,7 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
     const bool speaker = shard_.tp_rank == 0;
     const int64_t mine = speaker ? t : 0;
     be.zero(delta);
-    if (!shard_.layout.enable_expert_parallel) {
+    if (gathers_moe_tokens()) {
       if (pass.moe_counts.empty()) {
         pass.moe_counts.resize(size);
         group.all_gather_counts(std::span(&mine, 1), pass.moe_counts);

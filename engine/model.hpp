@@ -27,6 +27,7 @@ struct ModelShard {
   int tp_rank = 0;
   int pp_rank = 0;
   int dp_rank = 0;
+  MoeExchange moe_exchange = MoeExchange::all_to_all;  // with expert parallelism across dp ranks
 
   bool first_stage() const { return pp_rank == 0; }
   bool last_stage() const { return pp_rank == layout.pipeline_parallel_size - 1; }
@@ -101,6 +102,11 @@ class Model {
   // Only the backend's scratch, for steps of up to `tokens` tokens: before the KV cache is sized, so
   // that its budget leaves room for them.
   void reserve_scratch(int tokens);
+  // Whether MoE layers across data-parallel ranks gather every rank's tokens (without expert
+  // parallelism, or with the allgather_reducescatter exchange) rather than exchange pairs all-to-all.
+  bool gathers_moe_tokens() const {
+    return !shard_.layout.enable_expert_parallel || shard_.moe_exchange == MoeExchange::allgather_reducescatter;
+  }
   StepInputBuffers& inputs() { return inputs_; }
   // Whether run() can be captured: MoE layers across data-parallel ranks exchange token counts
   // through the host mid-step, which a captured graph cannot do; and a pipeline stage's graphs of

@@ -36,6 +36,8 @@ TEST(CliLayout, InvalidLayoutsExitWithTwoBeforeReadingWeights) {
        "routed experts (8) must be divisible by the expert-parallel size (6)"},
       {moe, "--enable-expert-parallel", "--enable-expert-parallel has no effect: tensor × data parallel size is 1"},
       {dense, "--data-parallel-size 0", "--data-parallel-size must be at least 1, got 0"},
+      {moe, "--data-parallel-size 2 --enable-expert-parallel --all2all-backend pplx",
+       "--all2all-backend: expected all_to_all or allgather_reducescatter, got 'pplx'"},
   };
   for (const Case& c : cases) {
     const CliRun r = troupe_cli("generate --model " + c.model.string() + " --prompt-ids 1,2 " + c.flags);

@@ -1,7 +1,9 @@
-// A forward pass of an MoE model whose experts are shared by data-parallel ranks (dp > 1 without
-// expert parallelism) exchanges the ranks' token counts once, not at every MoE layer: the exchange
-// waits for the host (on a GPU, a synchronisation per exchange), and every layer sees the same
-// tokens. The outputs match the same ranks' tokens run by one rank alone.
+// A forward pass of an MoE model whose experts are shared by data-parallel ranks exchanges the
+// ranks' token counts once when the layers gather every rank's tokens (dp > 1 without expert
+// parallelism, or with it and the allgather_reducescatter exchange), not at every MoE layer: the
+// exchange waits for the host (on a GPU, a synchronisation per exchange), and every layer sees the
+// same tokens. The all-to-all exchange needs its pairs' counts at each layer. Either way the outputs
+// match the same ranks' tokens run by one rank alone.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -33,7 +35,16 @@ class CountingCommunicator final : public MeasuredCommunicator {
   void measure(Collective, Call call) override { call(); }
 };
 
-TEST(ModelMoeGroup, TokenCountsAreExchangedOncePerForward) {
+struct Case {
+  bool ep;
+  MoeExchange exchange;
+  bool once;  // counts exchanged once per forward, else once per MoE layer
+};
+
+class ModelMoeGroup : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ModelMoeGroup, CountExchangesPerForwardAndLogitsOfOneRank) {
+  const Case& k = GetParam();
   const auto dir = test::tiny_model("tiny-qwen3-moe");
   const ModelConfig config = load_model_config(dir);
   const WeightFiles files = WeightFiles::open(dir);
@@ -50,7 +61,7 @@ TEST(ModelMoeGroup, TokenCountsAreExchangedOncePerForward) {
   for (int r = 0; r < 2; ++r)
     ranks.emplace_back([&, r] {
       auto backend = make_cpu_backend();
-      ModelShard shard{ParallelConfig{1, 1, 2, false}, 0, 0, r};
+      ModelShard shard{ParallelConfig{1, 1, 2, k.ep}, 0, 0, r, k.exchange};
       ShardComms comms;
       comms.moe = counting[r].get();
       Model model(config, files, *backend, 64, {}, shard, comms);
@@ -58,7 +69,8 @@ TEST(ModelMoeGroup, TokenCountsAreExchangedOncePerForward) {
     });
   for (std::thread& t : ranks) t.join();
   for (int r = 0; r < 2; ++r)
-    EXPECT_EQ(counting[r]->count_exchanges, 1) << "rank " << r << " over " << moe_layers << " MoE layers";
+    EXPECT_EQ(counting[r]->count_exchanges, k.once ? 1 : moe_layers)
+        << "rank " << r << " over " << moe_layers << " MoE layers";
 
   // The same tokens on one rank holding every expert.
   auto backend = make_cpu_backend();
@@ -71,6 +83,11 @@ TEST(ModelMoeGroup, TokenCountsAreExchangedOncePerForward) {
     EXPECT_LT(worst, 1e-4f) << "rank " << r;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Exchanges, ModelMoeGroup,
+                         ::testing::Values(Case{false, MoeExchange::all_to_all, true},
+                                           Case{true, MoeExchange::allgather_reducescatter, true},
+                                           Case{true, MoeExchange::all_to_all, false}));
 
 }  // namespace
 }  // namespace troupe

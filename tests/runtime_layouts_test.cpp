@@ -13,12 +13,18 @@ namespace {
 struct Layout {
   int tp, pp, dp;
   bool ep;
+  MoeExchange exchange = MoeExchange::all_to_all;  // with ep and dp > 1
 };
 
-std::string layout_name(const Layout& l) { return ParallelConfig{l.tp, l.pp, l.dp, l.ep}.name(); }
+std::string layout_name(const Layout& l) {
+  return ParallelConfig{l.tp, l.pp, l.dp, l.ep}.name() +
+         (l.exchange == MoeExchange::allgather_reducescatter ? " (allgather_reducescatter)" : "");
+}
 
 std::vector<test::Outcome> run(const std::string& preset, const Layout& l, const std::vector<test::Job>& jobs) {
-  Runtime runtime(test::tiny_options(preset, l.tp, l.pp, l.dp, l.ep));
+  RuntimeOptions options = test::tiny_options(preset, l.tp, l.pp, l.dp, l.ep);
+  options.moe_exchange = l.exchange;
+  Runtime runtime(options);
   auto out = test::run_jobs(runtime, jobs);
   RuntimeStats stats = runtime.stats();
   EXPECT_TRUE(stats.all_idle()) << layout_name(l) << ": a KV block is still held after every request finished";
@@ -44,6 +50,8 @@ TEST_P(RuntimeLayouts, EveryLayoutMatchesOneRank) {
                                              {2, 1, 1, true},
                                              {1, 1, 2, true},
                                              {2, 1, 2, true},
+                                             {1, 1, 2, true, MoeExchange::allgather_reducescatter},
+                                             {2, 1, 2, true, MoeExchange::allgather_reducescatter},
                                              {1, 2, 2, false}}) {
     const auto got = run(preset, l, jobs);
     float worst = 0.0f;

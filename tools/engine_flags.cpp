@@ -47,6 +47,9 @@ EngineFlags::EngineFlags() {
       ("num-gpu-blocks-override", po::value(&o_.num_blocks_override), "exactly this many KV blocks per worker")
       ("enable-prefix-caching", po::bool_switch(&prefix_caching_), "reuse the KV of shared prompt prefixes (the default)")
       ("no-enable-prefix-caching", po::bool_switch(&no_prefix_caching_), "turn prefix caching off")
+      ("all2all-backend", po::value(&all2all_backend_),
+       "how MoE layers with --enable-expert-parallel and dp > 1 exchange tokens: all_to_all (each token to its experts' "
+       "ranks and back, the default) or allgather_reducescatter (every rank gathers all tokens and computes its experts)")
       ("enforce-eager", po::bool_switch(&o_.enforce_eager), "run decode steps kernel by kernel (no CUDA graphs)")
       ("disable-custom-all-reduce", po::bool_switch(&o_.disable_custom_all_reduce),
        "tensor-parallel all-reduces through NCCL only (not the peer-memory kernel for small messages)")
@@ -82,6 +85,13 @@ RuntimeOptions EngineFlags::runtime_options(const std::string& model_dir) const 
   at_least(o.block_size, 1, "block-size");
   if (o.max_model_len != 0) at_least(o.max_model_len, 1, "max-model-len");
   if (o.num_blocks_override != 0) at_least(o.num_blocks_override, 1, "num-gpu-blocks-override");
+  if (all2all_backend_ == "all_to_all") {
+    o.moe_exchange = MoeExchange::all_to_all;
+  } else if (all2all_backend_ == "allgather_reducescatter") {
+    o.moe_exchange = MoeExchange::allgather_reducescatter;
+  } else {
+    throw ConfigError("--all2all-backend: expected all_to_all or allgather_reducescatter, got '" + all2all_backend_ + "'");
+  }
   if (!inject_fault_.empty()) {
     const size_t colon = inject_fault_.find(':');
     auto number = [&](const std::string& part) -> int64_t {

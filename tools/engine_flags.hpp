@@ -21,6 +21,7 @@ class EngineFlags {
   RuntimeOptions o_;
   std::string kv_cache_memory_;
   std::string inject_fault_;
+  std::string all2all_backend_ = "all_to_all";
   bool no_prefix_caching_ = false;
   bool prefix_caching_ = false;
 };
