@@ -1,9 +1,11 @@
 #include "actors/runtime.hpp"
 
-#include <cstdio>
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "actors/dp_coordinator.hpp"
@@ -27,11 +29,15 @@
 namespace troupe {
 namespace {
 
-caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads) {
+caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads, int workers) {
   // The sharing policy blocks idle scheduler threads on a condition variable; work stealing polls,
-  // which would take cores from the workers on a small machine.
+  // which would take cores from the workers on a small machine. By default the cores the workers'
+  // own threads leave, between 2 and 8: every request's tokens pass through these threads each step
+  // (hundreds of messages per step at high concurrency, per data-parallel replica).
+  if (threads <= 0)
+    threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()) - workers, 2, 8);
   cfg.set("scheduler.policy", caf::atom("sharing"));
-  cfg.set("scheduler.max-threads", static_cast<size_t>(threads > 0 ? threads : 2));
+  cfg.set("scheduler.max-threads", static_cast<size_t>(threads));
   cfg.set("logger.console", caf::atom("none"));
   return cfg;
 }
@@ -172,7 +178,7 @@ void Runtime::Impl::build() {
   eos.assign(generation.eos_token_ids.begin(), generation.eos_token_ids.end());
   if (eos.empty()) eos.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
 
-  system = std::make_unique<caf::actor_system>(configure(cfg, options.actor_threads));
+  system = std::make_unique<caf::actor_system>(configure(cfg, options.actor_threads, p.world_size()));
   if (!options.trace_file.empty()) trace = std::make_unique<TraceRecorder>();
   std::string model_name = options.model_name;
   if (model_name.empty()) model_name = (std::filesystem::absolute(options.model_dir) / "").parent_path().filename().string();

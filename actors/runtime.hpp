@@ -38,7 +38,7 @@ struct RuntimeOptions {
   int max_num_batched_tokens = 2048;
   int max_model_len = 0;  // 0: the model's max_position_embeddings, capped by the KV cache's capacity
   std::filesystem::path trace_file;  // Chrome trace of the message flow, written at shutdown
-  int actor_threads = 0;             // CAF scheduler threads; 0: 2
+  int actor_threads = 0;             // CAF scheduler threads; 0: the cores the workers leave, in [2, 8]
   // Testing failure handling (--inject-fault RANK:STEP): the worker of this world rank fails its step
   // of that index (0: its first) as a failed CUDA or NCCL call would. -1: no fault.
   int inject_fault_rank = -1;
