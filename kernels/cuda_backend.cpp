@@ -11,8 +11,10 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels/attention.cuh"
@@ -21,6 +23,7 @@
 #include "kernels/device_scratch.hpp"
 #include "kernels/elementwise.cuh"
 #include "kernels/gemm.hpp"
+#include "kernels/gemv.cuh"
 #include "kernels/moe_experts.cuh"
 #include "kernels/moe_routing.cuh"
 #include "kernels/qk_norm.cuh"
@@ -275,7 +278,11 @@ class CudaBackend final : public Backend {
       require(bias->numel() == n, "linear", "bias " + bias->describe() + " for w " + w.describe());
     }
     bind();
-    gemm_->linear(bf16_in(x), bf16_in(w), bias ? bf16_in(*bias) : nullptr, bf16_out(out), tokens, n, k, stream_);
+    const __nv_bfloat16* b = bias ? bf16_in(*bias) : nullptr;
+    if (small_batch_gemv_ && tokens <= cuda::kGemvMaxTokens &&
+        cuda::small_batch_linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_))
+      return;
+    gemm_->linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_);
   }
 
   void silu_mul(const Tensor& gate_up, const Tensor& out) override {
@@ -550,6 +557,12 @@ class CudaBackend final : public Backend {
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
+  // Linear layers of at most 8 tokens through kernels/gemv.cu instead of cuBLASLt. Off unless
+  // TROUPE_SMALL_BATCH_GEMV=1 until the GPU machine has measured it against cuBLASLt.
+  bool small_batch_gemv_ = [] {
+    const char* v = std::getenv("TROUPE_SMALL_BATCH_GEMV");
+    return v && std::string_view(v) == "1";
+  }();
   cuda::BlockCache blocks_;
   cuda::StagingRing staging_;
   bool capturing_ = false;
