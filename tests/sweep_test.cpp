@@ -355,6 +355,8 @@ TEST(Sweep, BadFlagsExitTwoNamingTheProblem) {
       {{"--gpus", "2", "--concurrency", "1,x"}, "--concurrency"},
       {{"--gpus", "2", "--concurrency", "0"}, "--concurrency"},
       {{"--gpus", "2", "--device", "tpu"}, "--device"},
+      {{"--gpus", "2", "--waves", "0"}, "--waves must be at least 1, got 0"},
+      {{"--gpus", "2", "--min-prompts", "0"}, "--min-prompts must be at least 1, got 0"},
       {{"--gpus", "2", "--", "--port", "9000"}, "--port after --"},
       {{"--gpus", "2", "--", "--tensor-parallel-size=2"}, "--tensor-parallel-size after --"},
   };
@@ -510,6 +512,17 @@ TEST(Sweep, MeasuresEveryLayoutAtEveryConcurrencyReportsTheRefusedOneAndResumes)
   for (const auto& [name, size] : log_sizes) EXPECT_EQ(fs::file_size(out / "logs" / name), size) << name;
   EXPECT_EQ(read_file(out / "sweep.csv"), csv);
   EXPECT_LT(second.seconds, first.seconds);
+  // The same prompt counts asked as waves, max(1 × c, 6) at c = 1 and 4: the same points.
+  std::vector<std::string> waves = sweep_args(model, "tp1,tp2,dp2,tp1+ep", out, false);
+  const auto fixed = std::find(waves.begin(), waves.end(), "--num-prompts-per-point");
+  ASSERT_NE(fixed, waves.end());
+  *fixed = "--waves";
+  *(fixed + 1) = "1";
+  waves.insert(fixed + 2, {"--min-prompts", "6"});
+  const Outcome as_waves = troupe(waves, dir);
+  ASSERT_EQ(as_waves.rc, 0) << as_waves.err;
+  EXPECT_EQ(count(as_waves.err, ": starting "), 0u) << as_waves.err;
+  EXPECT_EQ(count(as_waves.err, ": measured before (points/"), 6u) << as_waves.err;
 
   // A point removed and one cut short: only their layouts' servers start, and only they are measured.
   fs::remove(out / "points" / "tp2_c4.json");
