@@ -95,6 +95,9 @@ void fail_engine(Self* self, const std::string& why) {
   SchedulerState& st = self->state;
   if (!st.failure.empty()) return;
   st.failure = why;
+  // First, so that whoever hears of the failure from a request (a client that then asks /health)
+  // finds the runtime already unhealthy.
+  if (st.spec.on_failure) st.spec.on_failure(why);
   std::vector<SeqId> to_free;
   std::vector<SequenceUpdate> updates = st.scheduler->fail_all(to_free);
   send_frees(self, std::move(to_free));
@@ -108,7 +111,6 @@ void fail_engine(Self* self, const std::string& why) {
     m.preemptions = st.scheduler->num_preemptions();
     self->send(st.spec.metrics, atoms::observe::value, m);
   }
-  if (st.spec.on_failure) st.spec.on_failure(why);
 }
 
 caf::behavior scheduler(Self* self, SchedulerSpec spec) {
