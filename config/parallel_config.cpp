@@ -3,6 +3,12 @@
 #include "config/error.hpp"
 
 namespace troupe {
+
+MoeExchange parse_moe_exchange(const std::string& name) {
+  if (name == "all_to_all") return MoeExchange::all_to_all;
+  if (name == "allgather_reducescatter") return MoeExchange::allgather_reducescatter;
+  throw ConfigError("--all2all-backend: expected all_to_all or allgather_reducescatter, got '" + name + "'");
+}
 namespace {
 
 std::string num(int v) { return std::to_string(v); }

@@ -17,6 +17,8 @@ namespace troupe {
 // rank gathers all the group's tokens (their counts cross the host once per step), computes its own
 // experts' part for all of them, and a reduce-scatter sums the parts back onto each token's rank.
 enum class MoeExchange : uint8_t { all_to_all, allgather_reducescatter };
+// --all2all-backend's value: "all_to_all" or "allgather_reducescatter"; ConfigError naming the flag.
+MoeExchange parse_moe_exchange(const std::string& name);
 
 struct ParallelConfig {
   int tensor_parallel_size = 1;

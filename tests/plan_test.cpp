@@ -233,6 +233,12 @@ TEST(Plan, CommunicationFollowsTheLayout) {
     EXPECT_DOUBLE_EQ(op.off_rank_fraction, 0.75);
     EXPECT_DOUBLE_EQ(op.bytes_per_token, op.where == "moe_dispatch" ? 2 * (64 * 2 + 8) : 2 * 64 * 2);
   }
+  // With the server's --all2all-backend allgather_reducescatter, the same layout gathers and scatters.
+  PlanHardware gather;
+  gather.moe_exchange = MoeExchange::allgather_reducescatter;
+  std::set<std::string> gathered;
+  for (const CommOp& op : plan_layout(c, {1, 1, 4, true}, gather).comms) gathered.insert(op.where + ":" + op.kind);
+  EXPECT_EQ(gathered, (std::set<std::string>{"moe_dispatch:all_gather", "moe_combine:reduce_scatter"}));
   const LayoutPlan ep = plan_layout(c, {1, 1, 4, true}, {});
   EXPECT_DOUBLE_EQ(ep.experts.per_layer, 0.25);
   EXPECT_EQ(ep.experts.experts_per_rank, 2);
@@ -307,6 +313,7 @@ TEST(Plan, BadFlagsExitTwoNamingTheFlag) {
       {{"--model", dir, "--gpus", "2", "--block-size", "0"}, "--block-size"},
       {{"--model", dir, "--gpus", "2", "--max-num-seqs", "0"}, "--max-num-seqs"},
       {{"--model", dir, "--gpus", "2", "--max-model-len", "0"}, "--max-model-len"},
+      {{"--model", dir, "--gpus", "2", "--all2all-backend", "naive"}, "--all2all-backend"},
       {{"--model", dir, "--gpus", "2", "--tensor-parallel-size", "2"}, "tensor-parallel-size"},
       {{"--model", "/nonexistent", "--gpus", "2"}, "--model"},
   };

@@ -85,13 +85,7 @@ RuntimeOptions EngineFlags::runtime_options(const std::string& model_dir) const 
   at_least(o.block_size, 1, "block-size");
   if (o.max_model_len != 0) at_least(o.max_model_len, 1, "max-model-len");
   if (o.num_blocks_override != 0) at_least(o.num_blocks_override, 1, "num-gpu-blocks-override");
-  if (all2all_backend_ == "all_to_all") {
-    o.moe_exchange = MoeExchange::all_to_all;
-  } else if (all2all_backend_ == "allgather_reducescatter") {
-    o.moe_exchange = MoeExchange::allgather_reducescatter;
-  } else {
-    throw ConfigError("--all2all-backend: expected all_to_all or allgather_reducescatter, got '" + all2all_backend_ + "'");
-  }
+  o.moe_exchange = parse_moe_exchange(all2all_backend_);
   if (!inject_fault_.empty()) {
     const size_t colon = inject_fault_.find(':');
     auto number = [&](const std::string& part) -> int64_t {

@@ -88,7 +88,7 @@ Tally tally_weights(const ModelConfig& c, const ModelShard& shard, DType dtype) 
 
 double bytes_of(DType dtype) { return static_cast<double>(dtype_size(dtype)); }
 
-std::vector<CommOp> communication(const ModelConfig& c, const ParallelConfig& p, DType dtype) {
+std::vector<CommOp> communication(const ModelConfig& c, const ParallelConfig& p, DType dtype, MoeExchange exchange) {
   const int tp = p.tensor_parallel_size, pp = p.pipeline_parallel_size, dp = p.data_parallel_size;
   const double hidden = c.hidden_size * bytes_of(dtype);
   int moe_layers = 0;
@@ -105,7 +105,7 @@ std::vector<CommOp> communication(const ModelConfig& c, const ParallelConfig& p,
   }
   if (c.is_moe() && dp > 1 && moe_layers > 0) {
     const int g = p.moe_group_size();
-    if (!p.enable_expert_parallel) {
+    if (!p.enable_expert_parallel || exchange == MoeExchange::allgather_reducescatter) {
       // Tensor-parallel rank 0 of each replica contributes its tokens; every rank gets all of them.
       ops.push_back({"moe_dispatch", "all_gather", "moe", g, moe_layers, hidden, 1.0});
       ops.push_back({"moe_combine", "reduce_scatter", "moe", g, moe_layers, hidden, 1.0});
@@ -232,7 +232,7 @@ LayoutPlan plan_layout(const ModelConfig& c, const ParallelConfig& p, const Plan
                      " tokens the KV cache holds; lower it or give the cache more memory";
   }
   plan.max_model_len = static_cast<int>(std::min<int64_t>(wanted_len, plan.kv_tokens));
-  plan.comms = communication(c, p, hw.dtype);
+  plan.comms = communication(c, p, hw.dtype, hw.moe_exchange);
   plan.experts = expert_density(c, p);
   return plan;
 }

@@ -25,6 +25,7 @@ struct PlanHardware {
   int max_num_batched_tokens = 2048;
   int max_num_seqs = 256;
   int max_model_len = 0;  // 0: the model's max_position_embeddings
+  MoeExchange moe_exchange = MoeExchange::all_to_all;  // --all2all-backend: EP across dp ranks
   // Device memory in use before any tensor of ours: the CUDA context and loaded kernel images,
   // cuBLASLt's 32 MiB workspace. An estimate (not measured by this tool).
   int64_t context_overhead_bytes = int64_t{512} << 20;

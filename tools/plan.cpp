@@ -319,6 +319,9 @@ json::object plan_json(const std::string& model_dir, const ModelConfig& c, const
                         {"max_num_batched_tokens", hw.max_num_batched_tokens},
                         {"max_num_seqs", hw.max_num_seqs},
                         {"max_model_len", hw.max_model_len},
+                        {"all2all_backend", hw.moe_exchange == MoeExchange::allgather_reducescatter
+                                                ? "allgather_reducescatter"
+                                                : "all_to_all"},
                         {"context_overhead_bytes", hw.context_overhead_bytes}};
   json::array layouts;
   for (const LayoutPlan& p : plans) layouts.push_back(layout_json(c, hw, p));
@@ -332,7 +335,7 @@ json::object plan_json(const std::string& model_dir, const ModelConfig& c, const
 
 int plan_command(int argc, char** argv) {
   po::options_description flags("troupe plan: every parallel layout of a model over N GPUs, from config.json alone");
-  std::string model_dir, dtype = "bf16", json_file;
+  std::string model_dir, dtype = "bf16", json_file, all2all = "all_to_all";
   int gpus = 0;
   double gpu_memory_gib = 80.0;
   bool show_ranks = false;
@@ -349,6 +352,8 @@ int plan_command(int argc, char** argv) {
       ("max-num-batched-tokens", po::value(&hw.max_num_batched_tokens), "tokens in one step at most (default 2048)")
       ("max-num-seqs", po::value(&hw.max_num_seqs), "sequences in one step at most (default 256)")
       ("dtype", po::value(&dtype), "bf16 (the CUDA backend's, default) or f32 (the CPU backend's)")
+      ("all2all-backend", po::value(&all2all), "all_to_all (default) or allgather_reducescatter: the server's flag, "
+       "which decides the MoE collectives of expert parallelism across data-parallel ranks")
       ("ranks", po::bool_switch(&show_ranks), "also list every rank as the server's start-up log describes it, with its KV budget")
       ("json", po::value(&json_file), "write every figure of every layout to this file");
   // clang-format on
@@ -374,6 +379,7 @@ int plan_command(int argc, char** argv) {
     if (hw.max_num_seqs < 1) throw ConfigError("--max-num-seqs must be at least 1, got " + std::to_string(hw.max_num_seqs));
     if (vm.count("max-model-len") && hw.max_model_len < 1)
       throw ConfigError("--max-model-len must be at least 1, got " + std::to_string(hw.max_model_len));
+    hw.moe_exchange = parse_moe_exchange(all2all);
     if (dtype == "bf16" || dtype == "bfloat16") {
       hw.dtype = DType::bf16;
     } else if (dtype == "f32" || dtype == "float32") {
