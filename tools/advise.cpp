@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <iostream>
 #include <map>
 #include <optional>
 #include <string>
@@ -15,6 +14,7 @@
 
 #include "config/error.hpp"
 #include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 #include "tools/sweep.hpp"
 #include "tools/sweep_result.hpp"
 
@@ -359,13 +359,7 @@ int advise_command(int argc, char** argv) {
   SweepData d;
   Capacity cap;
   try {
-    po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, flags), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    if (!parse_flags(argc, argv, flags)) return 0;
     if (objective != "throughput" && objective != "ttft")
       throw ConfigError("--objective: expected throughput or ttft, got '" + objective + "'");
     std::ifstream in(sweep_file);

@@ -6,7 +6,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <iostream>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -20,6 +19,7 @@
 #include "engine/model.hpp"
 #include "tools/bench_serve.hpp"
 #include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 #include "tools/commands.hpp"
 #ifdef TROUPE_HAVE_CUDA
 #include "kernels/ceilings.hpp"
@@ -108,13 +108,7 @@ int bench_command(int argc, char** argv) {
   po::positional_options_description positional;
   positional.add("mode", 1);
   try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(argc, argv).options(flags).positional(positional).run(), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    if (!parse_flags(argc, argv, flags, &positional)) return 0;
     if (mode != "decode" && mode != "prefill") throw ConfigError("expected decode or prefill, got '" + mode + "'");
   } catch (...) {
     return command_error("bench", 2);

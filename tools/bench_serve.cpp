@@ -5,13 +5,13 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <iostream>
 #include <limits>
 
 #include "config/error.hpp"
 #include "tools/bench_client.hpp"
 #include "tools/bench_server_metrics.hpp"
 #include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 
 namespace troupe {
 namespace {
@@ -202,13 +202,8 @@ int bench_serve_command(int argc, char** argv) {
       ("no-progress", po::bool_switch(&no_progress), "no progress bar on stderr");
   // clang-format on
   try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(argc, argv).options(flags).run(), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    const std::optional<po::variables_map> vm = parse_flags(argc, argv, flags);
+    if (!vm) return 0;
     if (dataset == "random") d.kind = DatasetKind::random;
     else if (dataset == "shared-prefix") d.kind = DatasetKind::shared_prefix;
     else if (dataset == "multi-turn") d.kind = DatasetKind::multi_turn;
@@ -220,7 +215,7 @@ int bench_serve_command(int argc, char** argv) {
     else if (!format.empty()) throw ConfigError("--prompt-format: expected ids or text, got '" + format + "'");
     else d.format = d.kind == DatasetKind::multi_turn ? PromptFormat::text : PromptFormat::ids;
     o.request_rate = parse_rate(rate);
-    if (vm.count("temperature")) {
+    if (vm->count("temperature")) {
       if (!(temperature >= 0)) throw ConfigError("--temperature must be non-negative");
       o.temperature = temperature;
     }

@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <deque>
 #include <fstream>
-#include <iostream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -23,6 +22,7 @@
 #include "engine/incremental_detokenizer.hpp"
 #include "engine/tokenizer.hpp"
 #include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 #include "tools/commands.hpp"
 #include "tools/engine_flags.hpp"
 
@@ -166,24 +166,19 @@ int generate_command(int argc, char** argv) {
   std::optional<Tokenizer> tokenizer;
   std::vector<BatchItem> batch;
   try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(argc, argv).options(flags).run(), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
-    if (vm.count("prompt-ids") + vm.count("prompt") + vm.count("chat") + vm.count("prompts-file") != 1)
+    const std::optional<po::variables_map> vm = parse_flags(argc, argv, flags);
+    if (!vm) return 0;
+    if (vm->count("prompt-ids") + vm->count("prompt") + vm->count("chat") + vm->count("prompts-file") != 1)
       throw ConfigError("give exactly one of --prompt-ids, --prompt, --chat and --prompts-file");
     if (max_tokens < 1) throw ConfigError("--max-tokens: must be at least 1, got " + std::to_string(max_tokens));
     options = engine.runtime_options(model_dir);
     GenerationConfig generation = load_generation_config(model_dir);
     if (std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json")) tokenizer = Tokenizer::from_model_dir(model_dir);
-    if (vm.count("prompt-ids")) {
+    if (vm->count("prompt-ids")) {
       batch.push_back({parse_ids(prompt_ids, "prompt-ids"), {}});
-    } else if (vm.count("prompt") || vm.count("chat")) {
+    } else if (vm->count("prompt") || vm->count("chat")) {
       if (!tokenizer) throw ConfigError(model_dir + " has no tokenizer.json; use --prompt-ids");
-      if (vm.count("chat")) {
+      if (vm->count("chat")) {
         std::optional<std::filesystem::path> file;
         if (!chat_template_file.empty()) file = chat_template_file;
         ChatTemplate tmpl = ChatTemplate::from_model_dir(model_dir, file);

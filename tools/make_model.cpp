@@ -3,11 +3,11 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
-#include <iostream>
 #include <string>
 
 #include "config/error.hpp"
 #include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 #include "tools/commands.hpp"
 #include "tools/model_maker.hpp"
 #include "tools/presets.hpp"
@@ -58,14 +58,9 @@ int make_model_command(int argc, char** argv) {
   // clang-format on
 
   try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(argc, argv).options(flags).run(), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
-    if (vm.count("layers") && options.layers < 1)
+    const std::optional<po::variables_map> vm = parse_flags(argc, argv, flags);
+    if (!vm) return 0;
+    if (vm->count("layers") && options.layers < 1)
       throw ConfigError("--layers: must be at least 1, got " + std::to_string(options.layers));
     options.out = out;
     options.tokenizer_dir = tokenizer_dir;

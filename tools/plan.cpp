@@ -5,12 +5,12 @@
 #include <boost/json.hpp>
 #include <boost/program_options.hpp>
 #include <cstdio>
-#include <iostream>
 #include <sstream>
 #include <string>
 
 #include "config/error.hpp"
 #include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 #include "tools/commands.hpp"
 #include "tools/json_file.hpp"
 #include "tools/layout_plan.hpp"
@@ -359,13 +359,8 @@ int plan_command(int argc, char** argv) {
   // clang-format on
   ModelConfig config;
   try {
-    po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, flags), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    const std::optional<po::variables_map> vm = parse_flags(argc, argv, flags);
+    if (!vm) return 0;
     if (gpus < 1) throw ConfigError("--gpus must be at least 1, got " + std::to_string(gpus));
     if (!(gpu_memory_gib > 0) || gpu_memory_gib > 1e6)
       throw ConfigError("--gpu-memory must be a positive number of GiB, got " + std::to_string(gpu_memory_gib));
@@ -377,7 +372,7 @@ int plan_command(int argc, char** argv) {
     if (hw.max_num_batched_tokens < 1)
       throw ConfigError("--max-num-batched-tokens must be at least 1, got " + std::to_string(hw.max_num_batched_tokens));
     if (hw.max_num_seqs < 1) throw ConfigError("--max-num-seqs must be at least 1, got " + std::to_string(hw.max_num_seqs));
-    if (vm.count("max-model-len") && hw.max_model_len < 1)
+    if (vm->count("max-model-len") && hw.max_model_len < 1)
       throw ConfigError("--max-model-len must be at least 1, got " + std::to_string(hw.max_model_len));
     hw.moe_exchange = parse_moe_exchange(all2all);
     if (dtype == "bf16" || dtype == "bfloat16") {

@@ -8,7 +8,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <iostream>
 #include <mutex>
 #include <thread>
 
@@ -16,6 +15,7 @@
 #include "config/error.hpp"
 #include "net/server.hpp"
 #include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 #include "tools/commands.hpp"
 #include "tools/engine_flags.hpp"
 
@@ -51,13 +51,7 @@ int serve_command(int argc, char** argv) {
   ServingOptions serving;
   net::ServerOptions server_options;
   try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(argc, argv).options(flags).run(), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    if (!parse_flags(argc, argv, flags)) return 0;
     if (port < 0 || port > 65535) throw ConfigError("--port must be in [0, 65535], got " + std::to_string(port));
     if (http_threads < 1 || http_threads > 1024)
       throw ConfigError("--http-threads must be in [1, 1024], got " + std::to_string(http_threads));

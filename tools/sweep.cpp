@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <iostream>
 #include <map>
 #include <memory>
 #include <regex>
@@ -22,6 +21,7 @@
 #include "tools/bench_serve.hpp"
 #include "tools/bench_server_metrics.hpp"
 #include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 #include "tools/commands.hpp"
 #include "tools/json_file.hpp"
 #include "tools/layout_plan.hpp"
@@ -708,13 +708,7 @@ int sweep_command(int argc, char** argv) {
       break;
     }
   try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(own, argv).options(flags).run(), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    if (!parse_flags(own, argv, flags)) return 0;
     for (int i = own + 1; i < argc; ++i) o.server_args.emplace_back(argv[i]);
     std::stringstream in(layouts);
     std::string item;

@@ -11,6 +11,8 @@
 
 #include "config/error.hpp"
 #include "engine/tokenizer.hpp"
+#include "tools/command_error.hpp"
+#include "tools/command_flags.hpp"
 #include "tools/commands.hpp"
 
 namespace troupe {
@@ -100,22 +102,12 @@ int tokenize_command(int argc, char** argv) {
       ("repeat", po::value(&repeat), "with --benchmark: timed passes, the best counts (default 3)");
   // clang-format on
   try {
-    po::variables_map vm;
-    po::store(po::command_line_parser(argc, argv).options(flags).run(), vm);
-    if (vm.count("help")) {
-      std::cout << flags << "\n";
-      return 0;
-    }
-    po::notify(vm);
+    if (!parse_flags(argc, argv, flags)) return 0;
     if (model_dir.empty() == tokenizer_file.empty()) throw ConfigError("give exactly one of --model DIR and --tokenizer FILE");
     if (skip_special && !decode) throw ConfigError("--skip-special-tokens goes with --decode");
     if (no_special && decode) throw ConfigError("--no-special-tokens goes with encoding, not --decode");
-  } catch (const po::error& e) {
-    std::fprintf(stderr, "troupe tokenize: %s\n(see troupe tokenize --help)\n", e.what());
-    return 2;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "troupe tokenize: %s\n", e.what());
-    return 2;
+  } catch (...) {
+    return command_error("tokenize");
   }
 
   try {
