@@ -171,9 +171,7 @@ void Runtime::Impl::build() {
   if (options.block_size < 1 || options.block_size > 1024)
     throw ConfigError("--block-size must be in [1, 1024], got " + std::to_string(options.block_size));
   for (const std::string& w : validate_parallel_config(p, config)) log("warning: " + w);
-  if (options.inject_fault_rank >= p.world_size())
-    throw ConfigError("--inject-fault: rank " + std::to_string(options.inject_fault_rank) + " is not in the layout " +
-                      p.name() + " of " + std::to_string(p.world_size()) + " ranks");
+  check_fault_injection(options);
   GenerationConfig generation = load_generation_config(options.model_dir);
   eos.assign(generation.eos_token_ids.begin(), generation.eos_token_ids.end());
   if (eos.empty()) eos.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
@@ -450,6 +448,13 @@ void Runtime::Impl::stop_all() {
   for (auto& g : groups)
     for (auto& c : g) abort_group(*c, "the runtime is shutting down");
   stop(workers);
+}
+
+void check_fault_injection(const RuntimeOptions& options) {
+  const int64_t world = options.parallel.world_size();
+  if (world > 0 && options.inject_fault_rank >= world)
+    throw ConfigError("--inject-fault: rank " + std::to_string(options.inject_fault_rank) + " is not one of the " +
+                      std::to_string(world) + " ranks of the layout (tensor x pipeline x data parallel size)");
 }
 
 Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>()) {

@@ -41,10 +41,14 @@ struct RuntimeOptions {
   int actor_threads = 0;             // CAF scheduler threads; 0: the cores the workers leave, in [2, 8]
   // Testing failure handling (--inject-fault RANK:STEP): the worker of this world rank fails its step
   // of that index (0: its first) as a failed CUDA or NCCL call would. -1: no fault.
-  int inject_fault_rank = -1;
+  int64_t inject_fault_rank = -1;
   int64_t inject_fault_step = -1;
   std::function<void(const std::string&)> log;  // start-up lines (per-rank layout, KV blocks)
 };
+
+// ConfigError when --inject-fault names a rank outside a layout of at least one rank (a layout of
+// none has its own message). The runtime checks it at start; a command may check it sooner.
+void check_fault_injection(const RuntimeOptions& options);
 
 struct TokenOut {
   int32_t token = 0;

@@ -94,13 +94,9 @@ RuntimeOptions EngineFlags::runtime_options(const std::string& model_dir) const 
       return std::stoll(part);
     };
     if (colon == std::string::npos) number("");
-    const int64_t rank = number(inject_fault_.substr(0, colon));
+    o.inject_fault_rank = number(inject_fault_.substr(0, colon));
     o.inject_fault_step = number(inject_fault_.substr(colon + 1));
-    const int64_t world = int64_t{o.parallel.tensor_parallel_size} * o.parallel.pipeline_parallel_size * o.parallel.data_parallel_size;
-    if (world > 0 && rank >= world)  // a layout that is not valid gets its own message later
-      throw ConfigError("--inject-fault: rank " + std::to_string(rank) + " is not one of the " + std::to_string(world) +
-                        " ranks of the layout (tensor x pipeline x data parallel size)");
-    o.inject_fault_rank = static_cast<int>(rank);
+    check_fault_injection(o);  // before serve reads the tokenizer or anything else
   }
   return o;
 }
