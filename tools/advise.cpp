@@ -51,6 +51,15 @@ std::string slower_verdict(double ratio) {
   return ratio < 1 ? "held" : "did not hold";
 }
 
+// "RULE: L vs BASE at c=C: R× the output throughput, TPOT p50 a vs b: verdict" for a rule that says
+// L is slower than BASE.
+std::string slower_at(const std::string& rule, const SweepLayout& l, const SweepLayout& base, int c) {
+  const double ratio = l.at(c)->output_throughput / base.at(c)->output_throughput;
+  return rule + ": " + l.name() + " vs " + base.name() + " at c=" + std::to_string(c) + ": " + times(ratio) +
+         " the output throughput, TPOT p50 " + ms(l.at(c)->median_tpot_ms) + " vs " + ms(base.at(c)->median_tpot_ms) +
+         ": " + slower_verdict(ratio);
+}
+
 const SweepLayout* find(const SweepData& d, int tp, int pp, int dp, bool ep) {
   for (const SweepLayout& l : d.layouts) {
     const ParallelConfig& p = l.parallel;
@@ -268,11 +277,7 @@ std::vector<std::string> rule_pp_small_batches(const SweepData& d) {
         find(d, p.tensor_parallel_size * p.pipeline_parallel_size, 1, p.data_parallel_size, p.enable_expert_parallel);
     const std::vector<int> cs = common(d, {&l, base});
     if (cs.empty()) continue;
-    const int c = cs.front();
-    const double ratio = l.at(c)->output_throughput / base->at(c)->output_throughput;
-    out.push_back("PP hurts small batches: " + l.name() + " vs " + base->name() + " at c=" + std::to_string(c) + ": " +
-                  times(ratio) + " the output throughput, TPOT p50 " + ms(l.at(c)->median_tpot_ms) + " vs " +
-                  ms(base->at(c)->median_tpot_ms) + ": " + slower_verdict(ratio));
+    out.push_back(slower_at("PP hurts small batches", l, *base, cs.front()));
   }
   if (out.empty())
     out.push_back(
@@ -290,11 +295,7 @@ std::vector<std::string> rule_ep_low(const SweepData& d) {
     const std::vector<int> cs = common(d, {&l, base});
     if (cs.empty()) continue;
     const int lo = cs.front(), hi = cs.back();
-    const double r_lo = l.at(lo)->output_throughput / base->at(lo)->output_throughput;
-    std::string s = "EP is slower at low concurrency: " + l.name() + " vs " + base->name() +
-                    " at c=" + std::to_string(lo) + ": " + times(r_lo) + " the output throughput, TPOT p50 " +
-                    ms(l.at(lo)->median_tpot_ms) + " vs " + ms(base->at(lo)->median_tpot_ms) + ": " +
-                    slower_verdict(r_lo);
+    std::string s = slower_at("EP is slower at low concurrency", l, *base, lo);
     if (hi != lo)
       s += "; at c=" + std::to_string(hi) + ": " + times(l.at(hi)->output_throughput / base->at(hi)->output_throughput);
     out.push_back(s);
