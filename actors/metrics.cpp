@@ -57,13 +57,13 @@ const char* label_value(FinishedReason reason) {
   return "unknown";
 }
 
-const char* label_value(CollectiveKind kind) {
+const char* label_value(Collective kind) {
   switch (kind) {
-    case CollectiveKind::all_reduce: return "all_reduce";
-    case CollectiveKind::all_gather: return "all_gather";
-    case CollectiveKind::reduce_scatter: return "reduce_scatter";
-    case CollectiveKind::all_to_all: return "all_to_all";
-    case CollectiveKind::send_recv: return "send_recv";
+    case Collective::all_reduce: return "all_reduce";
+    case Collective::all_gather: return "all_gather";
+    case Collective::reduce_scatter: return "reduce_scatter";
+    case Collective::all_to_all: return "all_to_all";
+    case Collective::send_recv: return "send_recv";
   }
   return "unknown";
 }
@@ -219,7 +219,7 @@ void MetricsState::observe(const CollectiveMetrics& m) {
   for (size_t k = 0; k < kNumCollectiveKinds; ++k) {
     if (m.calls[k] == 0 || !std::isfinite(m.seconds[k])) continue;
     Histogram*& h = collectives_[k];
-    if (!h) h = &collective_seconds_.with({model_, label_value(static_cast<CollectiveKind>(k))});
+    if (!h) h = &collective_seconds_.with({model_, label_value(static_cast<Collective>(k))});
     h->observe(std::max(0.0, m.seconds[k]));
   }
   if (m.steps == 0 || !std::isfinite(m.step_seconds)) return;

@@ -32,6 +32,7 @@
 #include "actors/metrics_registry.hpp"
 #include "engine/block_manager.hpp"
 #include "engine/sampler.hpp"
+#include "engine/timed_communicator.hpp"
 
 namespace troupe {
 
@@ -93,17 +94,9 @@ struct StageMetrics {
   double seconds = 0.0;
 };
 
-enum class CollectiveKind : uint8_t { all_reduce, all_gather, reduce_scatter, all_to_all, send_recv };
-inline constexpr size_t kNumCollectiveKinds = 5;
-
-// One worker's step: time spent in collectives of each kind, summed over the step's calls. A kind
-// with no calls in the step is not observed.
-struct CollectiveMetrics {
-  std::array<double, kNumCollectiveKinds> seconds{};
-  std::array<uint32_t, kNumCollectiveKinds> calls{};
-  double step_seconds = 0;  // the whole of the steps whose collectives these are
-  uint32_t steps = 0;
-};
+// One worker's report after a step: the times its communicators took since the last report, as
+// engine/timed_communicator.hpp keeps them. A kind with no calls is not observed.
+using CollectiveMetrics = CollectiveTimes;
 
 // Tokens routed to the experts first_expert, first_expert + 1, ... of one pipeline stage in one step,
 // summed over the stage's MoE layers; a token counts once for each expert it goes to (top-k).
@@ -128,7 +121,7 @@ struct MailboxDepth {
 
 // The label values these enums render as.
 const char* label_value(FinishedReason reason);
-const char* label_value(CollectiveKind kind);
+const char* label_value(Collective kind);
 const char* label_value(ActorFamily family);
 
 // What the actor does with each event, as a plain class (the actor only forwards to it).

@@ -190,15 +190,8 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           if (!routed.empty())
             for (const caf::actor& shard : st.spec.expert_shards) self->send(shard, atoms::routing::value, routed);
           if (st.spec.metrics) {
-            CollectiveMetrics cm;
-            for (size_t k = 0; k < kNumCollectiveKinds; ++k) {
-              cm.seconds[k] = st.times.seconds[k];
-              cm.calls[k] = st.times.calls[k];
-            }
-            cm.step_seconds = st.times.step_seconds;
-            cm.steps = st.times.steps;
+            self->send(st.spec.metrics, atoms::observe::value, st.times);
             st.times = {};
-            self->send(st.spec.metrics, atoms::observe::value, cm);
             self->send(st.spec.metrics, atoms::observe::value, MailboxDepth{ActorFamily::worker, self->mailbox().size()});
           }
           if (trace)

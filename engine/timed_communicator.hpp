@@ -13,10 +13,11 @@
 namespace troupe {
 
 enum class Collective : uint8_t { all_reduce, all_gather, reduce_scatter, all_to_all, send_recv };
+inline constexpr size_t kNumCollectiveKinds = 5;
 
 struct CollectiveTimes {
-  std::array<double, 5> seconds{};
-  std::array<uint32_t, 5> calls{};
+  std::array<double, kNumCollectiveKinds> seconds{};
+  std::array<uint32_t, kNumCollectiveKinds> calls{};
   // The whole of the steps whose collectives were timed: the denominator of communication's share.
   double step_seconds = 0;
   uint32_t steps = 0;

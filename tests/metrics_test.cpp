@@ -400,11 +400,11 @@ TEST(MetricsState, StageStepsGoToTheirRankAndStage) {
 TEST(MetricsState, CollectivesObservedPerCalledKind) {
   MetricsState s("m");
   CollectiveMetrics c;
-  c.seconds[static_cast<size_t>(CollectiveKind::all_reduce)] = 0.0009;
-  c.calls[static_cast<size_t>(CollectiveKind::all_reduce)] = 64;
-  c.seconds[static_cast<size_t>(CollectiveKind::send_recv)] = 0.25;  // no calls: not observed
+  c.seconds[static_cast<size_t>(Collective::all_reduce)] = 0.0009;
+  c.calls[static_cast<size_t>(Collective::all_reduce)] = 64;
+  c.seconds[static_cast<size_t>(Collective::send_recv)] = 0.25;  // no calls: not observed
   s.observe(c);
-  c.seconds[static_cast<size_t>(CollectiveKind::all_reduce)] = 0.0011;
+  c.seconds[static_cast<size_t>(Collective::all_reduce)] = 0.0011;
   c.step_seconds = 0.006;  // two steps whose collectives were timed, 3 ms each
   c.steps = 2;
   s.observe(c);
@@ -613,8 +613,8 @@ TEST_F(MetricsActor, ForwardsEveryEventAndAnswersSnapshots) {
   r.finished = t0 + 1s;
   r.reason = FinishedReason::stop;
   CollectiveMetrics c;
-  c.seconds[static_cast<size_t>(CollectiveKind::all_to_all)] = 0.001;
-  c.calls[static_cast<size_t>(CollectiveKind::all_to_all)] = 2;
+  c.seconds[static_cast<size_t>(Collective::all_to_all)] = 0.001;
+  c.calls[static_cast<size_t>(Collective::all_to_all)] = 2;
   // One send per call site, as the senders will do it.
   self->send(metrics_, atoms::observe::value, r);
   self->send(metrics_, atoms::observe::value, SchedulerMetrics{.dp = 0, .running = 2, .generation_tokens = 2});
