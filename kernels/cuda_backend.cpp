@@ -469,13 +469,7 @@ class CudaBackend final : public Backend {
     require(top_k >= 1 && topk_ids.numel() == tokens * top_k && topk_weights.numel() == tokens * top_k, op,
             "ids " + topk_ids.describe() + ", weights " + topk_weights.describe() + " for " + std::to_string(tokens) +
                 " tokens");
-    cuda::MoeExpertsShape shape;
-    shape.tokens = tokens;
-    shape.top_k = static_cast<int>(top_k);
-    shape.experts = static_cast<int>(experts);
-    shape.expert_begin = expert_begin;
-    shape.hidden = hidden;
-    shape.inter = inter;
+    const cuda::MoeExpertsShape shape = moe_shape(tokens, static_cast<int>(top_k), gate_up, expert_begin);
     bind();
     const std::size_t bytes = cuda::moe_experts_scratch_bytes(shape);
     cuda::moe_experts(bf16_in(x), topk_weights.as<float>(), topk_ids.as<int32_t>(), bf16_in(gate_up), bf16_in(down),
@@ -484,14 +478,8 @@ class CudaBackend final : public Backend {
 
   void reserve_moe_experts(int64_t tokens, int top_k, const Tensor& gate_up, const Tensor& down) override {
     if (tokens <= 0 || gate_up.rank() != 3 || down.rank() != 3) return;
-    cuda::MoeExpertsShape shape;
-    shape.tokens = tokens;
-    shape.top_k = top_k;
-    shape.experts = static_cast<int>(gate_up.size(0));
-    shape.hidden = gate_up.size(2);
-    shape.inter = gate_up.size(1) / 2;
     bind();
-    scratch(moe_scratch_, cuda::moe_experts_scratch_bytes(shape));
+    scratch(moe_scratch_, cuda::moe_experts_scratch_bytes(moe_shape(tokens, top_k, gate_up, 0)));
   }
 
   void reserve_scatter_add_rows(int64_t count, int64_t rows) override {
@@ -568,6 +556,18 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   std::vector<std::shared_ptr<void>> captured_;  // blocks allocated during the capture under way
   // MoE and scatter scratch: grown on demand, reused afterwards (freed after the destructor's sync).
+  // moe_experts' shape: `tokens` rows of top_k choices over the experts of gate_up [E, 2I, H].
+  static cuda::MoeExpertsShape moe_shape(int64_t tokens, int top_k, const Tensor& gate_up, int expert_begin) {
+    cuda::MoeExpertsShape shape;
+    shape.tokens = tokens;
+    shape.top_k = top_k;
+    shape.experts = static_cast<int>(gate_up.size(0));
+    shape.expert_begin = expert_begin;
+    shape.hidden = gate_up.size(2);
+    shape.inter = gate_up.size(1) / 2;
+    return shape;
+  }
+
   // A scratch buffer of `bytes` at least; a move bumps the workspace generation (graphs go stale).
   void* scratch(cuda::DeviceScratch& buffer, std::size_t bytes) {
     const std::size_t before = buffer.capacity();
