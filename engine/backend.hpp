@@ -121,6 +121,13 @@ class Backend {
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out) = 0;
   // out[T, I] = silu(gate_up[:, :I]) * gate_up[:, I:].
   virtual void silu_mul(const Tensor& gate_up, const Tensor& out) = 0;
+  // out = silu_mul(gate_up) · wᵀ, the end of a SwiGLU MLP. act [T, I] is scratch that holds the
+  // activation where it is computed on its own; a backend may fuse the two (the CUDA backend's
+  // decode GEMV does at one token) and leave act untouched.
+  virtual void silu_mul_linear(const Tensor& gate_up, const Tensor& w, const Tensor& act, const Tensor& out) {
+    silu_mul(gate_up, act);
+    linear(act, w, nullptr, out);
+  }
   // inout += x.
   virtual void add(const Tensor& x, const Tensor& inout) = 0;
 
@@ -131,6 +138,13 @@ class Backend {
   // slots of meta.slot_mapping.
   virtual void rope_store_kv(const Tensor& qkv, const QkvLayout& layout, const AttentionMetadata& meta,
                              const RopeTable& rope, const KvLayer& cache) = 0;
+  // qk_norm, then rope_store_kv (Qwen3's order); a backend may do both in one pass over the heads.
+  virtual void qk_norm_rope_store_kv(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight,
+                                     const Tensor& k_weight, float eps, const AttentionMetadata& meta,
+                                     const RopeTable& rope, const KvLayer& cache) {
+    qk_norm(qkv, layout, q_weight, k_weight, eps);
+    rope_store_kv(qkv, layout, meta, rope, cache);
+  }
   // Causal attention of each new token's q over its sequence's cached k and v (which already hold this
   // step's tokens). Query heads share kv heads in groups (GQA). out: [T, num_heads * head_dim].
   virtual void attention(const Tensor& qkv, const QkvLayout& layout, const KvLayer& cache,

@@ -385,8 +385,7 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
     Tensor gate_up = be.allocate({rows, 2 * inter}, dt);
     Tensor act = be.allocate({rows, inter}, dt);
     be.linear(in, m.gate_up, nullptr, gate_up);
-    be.silu_mul(gate_up, act);
-    be.linear(act, m.down, nullptr, out);
+    be.silu_mul_linear(gate_up, m.down, act, out);
   };
   auto span = [&](const char* name, bool begin) {
     if (hooks.span) hooks.span(name, begin);
@@ -510,8 +509,10 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
       be.add_rms_norm(residual, delta, layer.input_norm, eps, x);
     }
     be.linear(x, layer.qkv, layer.qkv_bias.defined() ? &layer.qkv_bias : nullptr, qkv);
-    if (c.qk_norm) be.qk_norm(qkv, layout, layer.q_norm, layer.k_norm, eps);
-    be.rope_store_kv(qkv, layout, meta, w.rope, cache.layers[li]);
+    if (c.qk_norm)
+      be.qk_norm_rope_store_kv(qkv, layout, layer.q_norm, layer.k_norm, eps, meta, w.rope, cache.layers[li]);
+    else
+      be.rope_store_kv(qkv, layout, meta, w.rope, cache.layers[li]);
     be.attention(qkv, layout, cache.layers[li], meta, scale, attn);
     be.linear(attn, layer.o, layer.o_bias.defined() ? &layer.o_bias : nullptr, delta);
     if (comms_.tp) comms_.tp->all_reduce(delta);

@@ -279,7 +279,7 @@ class CudaBackend final : public Backend {
     }
     bind();
     const __nv_bfloat16* b = bias ? bf16_in(*bias) : nullptr;
-    if (small_batch_gemv_ && tokens <= cuda::kGemvMaxTokens &&
+    if (tokens <= gemv_max_tokens_ &&
         cuda::small_batch_linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_))
       return;
     gemm_->linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_);
@@ -297,6 +297,24 @@ class CudaBackend final : public Backend {
     cuda::silu_mul(bf16_in(gate_up), bf16_out(out), rows, inter, stream_);
   }
 
+  void silu_mul_linear(const Tensor& gate_up, const Tensor& w, const Tensor& act, const Tensor& out) override {
+    const int64_t width = gate_up.rank() >= 1 ? gate_up.size(-1) : 0;
+    const int64_t tokens = width > 0 ? gate_up.numel() / width : 0;
+    if (tokens >= 1 && tokens <= gemv_max_tokens_) {
+      const char* op = "silu_mul_linear";
+      require_bf16(gate_up, op);
+      require_bf16(w, op);
+      require_bf16(out, op);
+      require(w.rank() == 2 && 2 * w.size(1) == width && out.numel() == tokens * w.size(0), op,
+              "gate_up " + gate_up.describe() + ", w " + w.describe() + ", out " + out.describe());
+      bind();
+      if (cuda::small_batch_silu_mul_linear(bf16_in(gate_up), bf16_in(w), bf16_out(out), tokens, w.size(0), w.size(1),
+                                            stream_))
+        return;
+    }
+    Backend::silu_mul_linear(gate_up, w, act, out);
+  }
+
   void add(const Tensor& x, const Tensor& inout) override {
     require_bf16(x, "add");
     require_bf16(inout, "add");
@@ -307,59 +325,29 @@ class CudaBackend final : public Backend {
 
   void qk_norm(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight, const Tensor& k_weight,
                float eps) override {
-    require_bf16(qkv, "qk_norm");
-    require_bf16(q_weight, "qk_norm");
-    require_bf16(k_weight, "qk_norm");
-    const int64_t width = layout.width();
-    require(width > 0 && qkv.numel() % width == 0, "qk_norm",
-            "qkv " + qkv.describe() + " is not made of rows of " + std::to_string(width));
-    require(q_weight.numel() == layout.head_dim && k_weight.numel() == layout.head_dim, "qk_norm",
-            "weights " + q_weight.describe() + ", " + k_weight.describe() + " for head_dim " +
-                std::to_string(layout.head_dim));
+    check_qk_norm(qkv, layout, q_weight, k_weight, "qk_norm");
     bind();
-    cuda::qk_norm(bf16_out(qkv), qkv.numel() / width, layout.num_heads, layout.num_kv_heads, layout.head_dim,
-                  bf16_in(q_weight), bf16_in(k_weight), eps, stream_);
+    cuda::qk_norm(bf16_out(qkv), qkv.numel() / layout.width(), layout.num_heads, layout.num_kv_heads,
+                  layout.head_dim, bf16_in(q_weight), bf16_in(k_weight), eps, stream_);
   }
 
   void rope_store_kv(const Tensor& qkv, const QkvLayout& layout, const AttentionMetadata& meta, const RopeTable& rope,
                      const KvLayer& cache) override {
-    const char* op = "rope_store_kv";
-    require_bf16(qkv, op);
-    require_bf16(cache.k, op);
-    require_bf16(cache.v, op);
-    require_metadata(meta.positions, meta.num_tokens, op, "positions");
-    require_metadata(meta.slot_mapping, meta.num_tokens, op, "slot_mapping");
-    const int half = layout.head_dim / 2;
-    require(layout.head_dim > 0 && layout.head_dim % 2 == 0, op, "head_dim must be even");
-    for (const Tensor* t : {&rope.cos, &rope.sin})
-      require(t->device() == Device::cuda && t->dtype() == DType::f32 && t->rank() == 2 && t->size(1) == half &&
-                  t->shape() == rope.cos.shape(),
-              op, "rope tables must be f32 cuda [positions, " + std::to_string(half) + "], got " + t->describe());
-    require(qkv.numel() == static_cast<int64_t>(meta.num_tokens) * layout.width(), op,
-            "qkv " + qkv.describe() + " for " + std::to_string(meta.num_tokens) + " tokens");
-    const int64_t kv_size = layout.kv_size();
-    require(kv_size > 0 && cache.k.numel() % kv_size == 0 && cache.v.shape() == cache.k.shape(), op,
-            "cache " + cache.k.describe() + ", " + cache.v.describe() + " for " + std::to_string(kv_size) +
-                " values per slot");
-    // Positions lie below the context lengths; the kernel cannot throw on a position it cannot rotate.
-    require(meta.max_context_len <= rope.cos.size(0), op,
-            "contexts of " + std::to_string(meta.max_context_len) + " tokens exceed the rope table of " +
-                std::to_string(rope.cos.size(0)) + " positions");
+    const cuda::RopeStoreArgs a = rope_args(qkv, layout, meta, rope, cache, "rope_store_kv");
     bind();
-    cuda::RopeStoreArgs a;
-    a.qkv = bf16_out(qkv);
-    a.positions = meta.positions.as<int32_t>();
-    a.slot_mapping = meta.slot_mapping.as<int32_t>();
-    a.cos = rope.cos.as<float>();
-    a.sin = rope.sin.as<float>();
-    a.k_cache = bf16_out(cache.k);
-    a.v_cache = bf16_out(cache.v);
-    a.num_tokens = meta.num_tokens;
-    a.num_slots = cache.k.numel() / kv_size;
-    a.max_positions = static_cast<int>(rope.cos.size(0));
-    a.num_heads = layout.num_heads;
-    a.num_kv_heads = layout.num_kv_heads;
-    a.head_dim = layout.head_dim;
+    cuda::rope_store_kv(a, stream_);
+  }
+
+  void qk_norm_rope_store_kv(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight,
+                             const Tensor& k_weight, float eps, const AttentionMetadata& meta, const RopeTable& rope,
+                             const KvLayer& cache) override {
+    const char* op = "qk_norm_rope_store_kv";
+    check_qk_norm(qkv, layout, q_weight, k_weight, op);
+    cuda::RopeStoreArgs a = rope_args(qkv, layout, meta, rope, cache, op);
+    a.q_norm = bf16_in(q_weight);
+    a.k_norm = bf16_in(k_weight);
+    a.norm_eps = eps;
+    bind();
     cuda::rope_store_kv(a, stream_);
   }
 
@@ -542,14 +530,70 @@ class CudaBackend final : public Backend {
   // every entry point makes its device current first; cudaSetDevice is a cheap thread-local switch.
   void bind() const { TROUPE_CUDA_CHECK(cudaSetDevice(device_)); }
 
+  void check_qk_norm(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight, const Tensor& k_weight,
+                     const char* op) const {
+    require_bf16(qkv, op);
+    require_bf16(q_weight, op);
+    require_bf16(k_weight, op);
+    const int64_t width = layout.width();
+    require(width > 0 && qkv.numel() % width == 0, op,
+            "qkv " + qkv.describe() + " is not made of rows of " + std::to_string(width));
+    require(q_weight.numel() == layout.head_dim && k_weight.numel() == layout.head_dim, op,
+            "weights " + q_weight.describe() + ", " + k_weight.describe() + " for head_dim " +
+                std::to_string(layout.head_dim));
+  }
+
+  cuda::RopeStoreArgs rope_args(const Tensor& qkv, const QkvLayout& layout, const AttentionMetadata& meta,
+                                const RopeTable& rope, const KvLayer& cache, const char* op) const {
+    require_bf16(qkv, op);
+    require_bf16(cache.k, op);
+    require_bf16(cache.v, op);
+    require_metadata(meta.positions, meta.num_tokens, op, "positions");
+    require_metadata(meta.slot_mapping, meta.num_tokens, op, "slot_mapping");
+    const int half = layout.head_dim / 2;
+    require(layout.head_dim > 0 && layout.head_dim % 2 == 0, op, "head_dim must be even");
+    for (const Tensor* t : {&rope.cos, &rope.sin})
+      require(t->device() == Device::cuda && t->dtype() == DType::f32 && t->rank() == 2 && t->size(1) == half &&
+                  t->shape() == rope.cos.shape(),
+              op, "rope tables must be f32 cuda [positions, " + std::to_string(half) + "], got " + t->describe());
+    require(qkv.numel() == static_cast<int64_t>(meta.num_tokens) * layout.width(), op,
+            "qkv " + qkv.describe() + " for " + std::to_string(meta.num_tokens) + " tokens");
+    const int64_t kv_size = layout.kv_size();
+    require(kv_size > 0 && cache.k.numel() % kv_size == 0 && cache.v.shape() == cache.k.shape(), op,
+            "cache " + cache.k.describe() + ", " + cache.v.describe() + " for " + std::to_string(kv_size) +
+                " values per slot");
+    // Positions lie below the context lengths; the kernel cannot throw on a position it cannot rotate.
+    require(meta.max_context_len <= rope.cos.size(0), op,
+            "contexts of " + std::to_string(meta.max_context_len) + " tokens exceed the rope table of " +
+                std::to_string(rope.cos.size(0)) + " positions");
+    cuda::RopeStoreArgs a;
+    a.qkv = bf16_out(qkv);
+    a.positions = meta.positions.as<int32_t>();
+    a.slot_mapping = meta.slot_mapping.as<int32_t>();
+    a.cos = rope.cos.as<float>();
+    a.sin = rope.sin.as<float>();
+    a.k_cache = bf16_out(cache.k);
+    a.v_cache = bf16_out(cache.v);
+    a.num_tokens = meta.num_tokens;
+    a.num_slots = cache.k.numel() / kv_size;
+    a.max_positions = static_cast<int>(rope.cos.size(0));
+    a.num_heads = layout.num_heads;
+    a.num_kv_heads = layout.num_kv_heads;
+    a.head_dim = layout.head_dim;
+    return a;
+  }
+
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
-  // Linear layers of at most 8 tokens through kernels/gemv.cu instead of cuBLASLt. Off unless
-  // TROUPE_SMALL_BATCH_GEMV=1 until the GPU machine has measured it against cuBLASLt.
-  bool small_batch_gemv_ = [] {
+  // Linear layers (and the fused SwiGLU + down projection) of at most this many tokens go through
+  // kernels/gemv.cu instead of cuBLASLt. Off by default: on an H100 it is 2–12% faster per call at one
+  // token in isolation (tools/gemv_bench.cu) but the whole batch-1 decode step was not faster, and
+  // from 4 tokens on it is slower (docs/benchmarks.md, "Small-batch GEMV").
+  // TROUPE_SMALL_BATCH_GEMV=N (0 to 8) turns it on up to N tokens, to measure.
+  int64_t gemv_max_tokens_ = [] {
     const char* v = std::getenv("TROUPE_SMALL_BATCH_GEMV");
-    return v && std::string_view(v) == "1";
+    return v ? std::clamp<int64_t>(std::atoll(v), 0, cuda::kGemvMaxTokens) : int64_t{0};
   }();
   cuda::BlockCache blocks_;
   cuda::StagingRing staging_;

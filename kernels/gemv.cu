@@ -24,14 +24,44 @@ __device__ __forceinline__ void accumulate(const Vec8& w, const Vec8& x, float& 
   }
 }
 
-// One warp per ROWS consecutive rows of w (four: four loads in flight per lane; one when four would
-// leave SMs idle); lanes stride along k by 16-byte vectors, each
-// keeping TOKENS × ROWS partial sums, then a butterfly sums the lanes. x is small (at most 8
-// rows) and read by every warp, from L1/L2.
+// SwiGLU's silu(gate) · up of a gate_up row [gate | up] (width 2k), rounded to bf16 as
+// kernels/activation.cu's silu_mul rounds it, so that the fused layer computes what silu_mul and
+// then the linear layer would.
+__device__ __forceinline__ Vec8 silu_mul8(const Vec8& g, const Vec8& u) {
+  Vec8 r;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 gf = __bfloat1622float2(g.h[i]), uf = __bfloat1622float2(u.h[i]);
+    r.h[i] = __floats2bfloat162_rn(gf.x / (1.0f + expf(-gf.x)) * uf.x, gf.y / (1.0f + expf(-gf.y)) * uf.y);
+  }
+  return r;
+}
+
+// 16-byte loads in flight per lane: enough at one row and one token to cover the memory latency
+// with few warps per SM (the o and down projections of a small model have ~1000 rows), fewer where
+// rows and tokens multiply the registers each step holds.
 template <int TOKENS, int ROWS>
+constexpr int kUnroll = ROWS * TOKENS >= 8 ? 1 : 8 / (ROWS * TOKENS);
+
+// One warp per ROWS consecutive rows of w (four for a wide layer at one or two tokens, else one);
+// lanes stride along k by 16-byte vectors, each keeping TOKENS × ROWS partial sums, then a butterfly
+// sums the lanes. x is small (at most 8 rows) and read by every warp, from L1/L2. GATED: x is
+// gate_up [TOKENS, 2k]; the block first computes its activation rows into shared memory (once per
+// block rather than once per warp: the exponentials would otherwise cost as much as the loads).
+template <int TOKENS, int ROWS, bool GATED>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                            const bf16* __restrict__ bias, bf16* __restrict__ out,
                                                            int64_t n, int64_t k) {
+  extern __shared__ Vec8 staged[];  // GATED: [TOKENS][k / 8]
+  const int64_t vecs = k / kVec;
+  if constexpr (GATED) {
+    for (int64_t i = threadIdx.x; i < TOKENS * vecs; i += blockDim.x) {
+      const int64_t t = i / vecs, v = i % vecs;
+      const Vec8* row = reinterpret_cast<const Vec8*>(x + t * 2 * k);
+      staged[i] = silu_mul8(row[v], row[vecs + v]);
+    }
+    __syncthreads();
+  }
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t row0 = warp * ROWS;
@@ -42,11 +72,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16* __restric
 #pragma unroll
     for (int t = 0; t < TOKENS; ++t) acc[r][t] = 0.0f;
 
-  const int64_t vecs = k / kVec;
+#pragma unroll kUnroll<TOKENS, ROWS>
   for (int64_t v = lane; v < vecs; v += 32) {
     Vec8 xv[TOKENS];
 #pragma unroll
-    for (int t = 0; t < TOKENS; ++t) xv[t] = reinterpret_cast<const Vec8*>(x + t * k)[v];
+    for (int t = 0; t < TOKENS; ++t)
+      xv[t] = GATED ? staged[t * vecs + v] : reinterpret_cast<const Vec8*>(x + t * k)[v];
     Vec8 wv[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -88,43 +119,59 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16* __restric
   }
 }
 
-template <int TOKENS, int ROWS>
+template <int TOKENS, int ROWS, bool GATED>
 void launch_rows(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t n, int64_t k, cudaStream_t stream) {
   const int64_t warps = (n + ROWS - 1) / ROWS;
   const auto blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
-  gemv_kernel<TOKENS, ROWS><<<blocks, kWarps * 32, 0, stream>>>(x, w, bias, out, n, k);
+  const size_t smem = GATED ? static_cast<size_t>(TOKENS * k) * sizeof(bf16) : 0;
+  gemv_kernel<TOKENS, ROWS, GATED><<<blocks, kWarps * 32, smem, stream>>>(x, w, bias, out, n, k);
 }
 
-// Four rows per warp where that still gives every SM (132 on an H100 SXM) two blocks.
+// Four rows per warp where that still gives every SM (132 on an H100 SXM) two blocks, and only at
+// one or two tokens: beyond, four rows' sums for every token would spill registers.
 constexpr int64_t kBlocksWanted = 264;
+constexpr int64_t kMaxStagedBytes = 48 * 1024;
 
-template <int TOKENS>
+template <int TOKENS, bool GATED>
 void launch(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t n, int64_t k, cudaStream_t stream) {
-  if (n >= kBlocksWanted * kWarps * 4)
-    launch_rows<TOKENS, 4>(x, w, bias, out, n, k, stream);
+  if (TOKENS <= 2 && n >= kBlocksWanted * kWarps * 4)
+    launch_rows<TOKENS, 4, GATED>(x, w, bias, out, n, k, stream);
   else
-    launch_rows<TOKENS, 1>(x, w, bias, out, n, k, stream);
+    launch_rows<TOKENS, 1, GATED>(x, w, bias, out, n, k, stream);
+}
+
+template <bool GATED>
+bool dispatch(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t tokens, int64_t n, int64_t k,
+              cudaStream_t stream) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (tokens < 1 || tokens > kGemvMaxTokens || n < 1 || k < kVec || k % kVec != 0 || !aligned(x) || !aligned(w))
+    return false;
+  // The staged activations must fit the shared memory a block gets without opting in.
+  if (GATED && tokens * k * static_cast<int64_t>(sizeof(bf16)) > kMaxStagedBytes) return false;
+  static_assert(4 * kGemvMaxTokens <= 32, "one lane writes each of a warp's outputs");
+  switch (tokens) {
+    case 1: launch<1, GATED>(x, w, bias, out, n, k, stream); break;
+    case 2: launch<2, GATED>(x, w, bias, out, n, k, stream); break;
+    case 3: launch<3, GATED>(x, w, bias, out, n, k, stream); break;
+    case 4: launch<4, GATED>(x, w, bias, out, n, k, stream); break;
+    case 5: launch<5, GATED>(x, w, bias, out, n, k, stream); break;
+    case 6: launch<6, GATED>(x, w, bias, out, n, k, stream); break;
+    case 7: launch<7, GATED>(x, w, bias, out, n, k, stream); break;
+    case 8: launch<8, GATED>(x, w, bias, out, n, k, stream); break;
+  }
+  return true;
 }
 
 }  // namespace
 
 bool small_batch_linear(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t tokens, int64_t n, int64_t k,
                         cudaStream_t stream) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (tokens < 1 || tokens > kGemvMaxTokens || n < 1 || k < kVec || k % kVec != 0 || !aligned(x) || !aligned(w))
-    return false;
-  static_assert(4 * kGemvMaxTokens <= 32, "one lane writes each of a warp's outputs");
-  switch (tokens) {
-    case 1: launch<1>(x, w, bias, out, n, k, stream); break;
-    case 2: launch<2>(x, w, bias, out, n, k, stream); break;
-    case 3: launch<3>(x, w, bias, out, n, k, stream); break;
-    case 4: launch<4>(x, w, bias, out, n, k, stream); break;
-    case 5: launch<5>(x, w, bias, out, n, k, stream); break;
-    case 6: launch<6>(x, w, bias, out, n, k, stream); break;
-    case 7: launch<7>(x, w, bias, out, n, k, stream); break;
-    case 8: launch<8>(x, w, bias, out, n, k, stream); break;
-  }
-  return true;
+  return dispatch<false>(x, w, bias, out, tokens, n, k, stream);
+}
+
+bool small_batch_silu_mul_linear(const bf16* gate_up, const bf16* w, bf16* out, int64_t tokens, int64_t n, int64_t k,
+                                 cudaStream_t stream) {
+  return dispatch<true>(gate_up, w, nullptr, out, tokens, n, k, stream);
 }
 
 }  // namespace troupe::cuda

@@ -19,4 +19,10 @@ constexpr int64_t kGemvMaxTokens = 8;
 bool small_batch_linear(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, __nv_bfloat16* out,
                         int64_t tokens, int64_t n, int64_t k, cudaStream_t stream);
 
+// out[t, n] = silu_mul(gate_up)[t, :] · w[n, :] with gate_up [tokens, 2k] ([gate | up] per row): the
+// SwiGLU activation computed while the down projection reads it, one kernel instead of two, and the
+// same bf16 values silu_mul followed by small_batch_linear give. Same conditions and result.
+bool small_batch_silu_mul_linear(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* out,
+                                 int64_t tokens, int64_t n, int64_t k, cudaStream_t stream);
+
 }  // namespace troupe::cuda

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "kernels/common.cuh"
+#include "kernels/qk_norm.cuh"
 #include "kernels/rope_kv.cuh"
 
 namespace troupe::cuda {
@@ -49,7 +50,9 @@ struct Lane<1> {
   static __device__ __forceinline__ void copy(const bf16* src, bf16* dst) { *dst = *src; }
 };
 
-template <int kVec>
+// NORM: the `groups` threads of a head (consecutive lanes, a power of two) sum its squares by
+// shuffles, so every thread runs the same number of iterations and whole warps shuffle together.
+template <int kVec, bool NORM>
 __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreArgs a) {
   using L = Lane<kVec>;
   const int64_t t = blockIdx.x;
@@ -62,12 +65,40 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
   const bool cache = slot >= 0 && slot < a.num_slots;
 
   const int groups = half / kVec;  // vectors per half head
-  for (int item = threadIdx.x; item < (a.num_heads + a.num_kv_heads) * groups; item += blockDim.x) {
-    const int h = item / groups, i = (item - h * groups) * kVec;
+  const int items = (a.num_heads + a.num_kv_heads) * groups;
+  const int rounds = (items + blockDim.x - 1) / blockDim.x;
+  for (int r = 0; r < rounds; ++r) {
+    const int item = r * blockDim.x + threadIdx.x;
+    const bool active = item < items;
+    const int h = active ? item / groups : 0, i = active ? (item - h * groups) * kVec : 0;
     bf16* const x = row + h * d + i;
     float x1[kVec], x2[kVec], y1[kVec], y2[kVec];
-    L::load(x, x1);
-    L::load(x + half, x2);
+    if (active) {
+      L::load(x, x1);
+      L::load(x + half, x2);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) x1[j] = x2[j] = 0.0f;
+    }
+    if constexpr (NORM) {
+      float sum_sq = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) sum_sq += x1[j] * x1[j] + x2[j] * x2[j];
+      for (int offset = groups / 2; offset > 0; offset /= 2) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
+      const float inv_rms = rsqrtf(sum_sq / static_cast<float>(d) + a.norm_eps);
+      if (active) {
+        const bf16* const w = h < a.num_heads ? a.q_norm : a.k_norm;
+        float g1[kVec], g2[kVec];
+        L::load(w + i, g1);
+        L::load(w + half + i, g2);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          x1[j] = __bfloat162float(__float2bfloat16_rn(g1[j] * (x1[j] * inv_rms)));
+          x2[j] = __bfloat162float(__float2bfloat16_rn(g2[j] * (x2[j] * inv_rms)));
+        }
+      }
+    }
+    if (!active) continue;
     if (rotate) {
       float c[kVec], s[kVec];
       L::load(a.cos + static_cast<int64_t>(pos) * half + i, c);
@@ -110,12 +141,24 @@ void rope_store_kv(const RopeStoreArgs& a, cudaStream_t stream) {
   const bool vectorised = half % 8 == 0 && aligned(a.qkv, 16) && aligned(a.k_cache, 16) && aligned(a.v_cache, 16) &&
                           aligned(a.cos, 16) && aligned(a.sin, 16);
   const dim3 grid(static_cast<unsigned>(a.num_tokens));
+  const bool norm = a.q_norm != nullptr;
+  const int groups = half / 8;
+  // The fused norm needs a head's threads to be a power-of-two group of lanes: 16-byte vectors and
+  // head_dim 16, 32, 64, 128 or 256.
+  if (norm && vectorised && aligned(a.q_norm, 16) && aligned(a.k_norm, 16) && (groups & (groups - 1)) == 0 &&
+      groups <= 32) {
+    rope_store_kv_kernel<8, true><<<grid, threads, 0, stream>>>(a);
+    TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
+    return;
+  }
+  if (norm)
+    qk_norm(a.qkv, a.num_tokens, a.num_heads, a.num_kv_heads, a.head_dim, a.q_norm, a.k_norm, a.norm_eps, stream);
   if (vectorised) {
-    rope_store_kv_kernel<8><<<grid, threads, 0, stream>>>(a);
-    TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel<8>);
+    rope_store_kv_kernel<8, false><<<grid, threads, 0, stream>>>(a);
+    TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
   } else {
-    rope_store_kv_kernel<1><<<grid, threads, 0, stream>>>(a);
-    TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel<1>);
+    rope_store_kv_kernel<1, false><<<grid, threads, 0, stream>>>(a);
+    TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
   }
 }
 

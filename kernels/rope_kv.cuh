@@ -22,13 +22,19 @@ struct RopeStoreArgs {
   int num_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
+  // Qwen3's per-head RMSNorm of q and k before the rotation, when set (qk_norm's semantics,
+  // kernels/qk_norm.cuh): one pass over the heads instead of two kernels.
+  const __nv_bfloat16* q_norm = nullptr;  // [head_dim]
+  const __nv_bfloat16* k_norm = nullptr;
+  float norm_eps = 0.0f;
 };
 
 // Rotates (rotate-half, "neox") every q and k head of each token by cos/sin of its position, in f32
 // with each product and sum rounded as the CPU reference rounds them, then stores the rotated k and
 // the v of tokens with a slot ≥ 0 into the cache. A position outside the table or a slot outside the
 // cache leaves the token unrotated or uncached (a kernel cannot throw; the backend checks what it can
-// on the host). head_dim must be even.
+// on the host). head_dim must be even. With q_norm and k_norm set, each q and k head is first
+// normalised and rounded to bf16 as qk_norm would store it.
 void rope_store_kv(const RopeStoreArgs& args, cudaStream_t stream);
 
 }  // namespace troupe::cuda

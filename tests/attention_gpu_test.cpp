@@ -348,6 +348,50 @@ struct HeadShape {
   int heads, kv_heads, head_dim;
 };
 
+std::string head_case(const char* op, const HeadShape& h, int64_t tokens) {
+  return std::string(op) + " heads " + std::to_string(h.heads) + "/" + std::to_string(h.kv_heads) + " head_dim " +
+         std::to_string(h.head_dim) + " tokens " + std::to_string(tokens);
+}
+
+// Tokens at random positions (the first at the table's last) in random distinct cache slots, every
+// third one padding (slot -1).
+HostBatch rope_batch(std::mt19937& rng, int tokens, int max_positions, int num_slots) {
+  HostBatch b;
+  std::vector<int32_t> slots(num_slots);
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  std::uniform_int_distribution<int> pos(0, max_positions - 1);
+  for (int t = 0; t < tokens; ++t) {
+    b.positions.push_back(t == 0 ? max_positions - 1 : pos(rng));
+    b.slot_mapping.push_back(t % 3 == 1 ? -1 : slots[t]);
+  }
+  b.num_tokens = tokens;
+  b.max_context_len = max_positions;
+  b.query_start = {0, tokens};
+  b.context_lens = {max_positions};
+  b.block_tables = {0};
+  b.num_seqs = 1;
+  b.table_width = 1;
+  return b;
+}
+
+// One rope_store_kv case: the heads, a batch of `tokens`, a Llama 3.1 table and a cache.
+struct RopeCase {
+  RopeCase(const HeadShape& h, int tokens, int max_positions, int num_slots, uint32_t seed)
+      : layout{h.heads, h.kv_heads, h.head_dim},
+        batch([&] {
+          std::mt19937 rng(seed);
+          return rope_batch(rng, tokens, max_positions, num_slots);
+        }()),
+        rope(llama3_rope(h.head_dim, max_positions)),
+        rope_shape{max_positions, h.head_dim / 2},
+        cache_shape{num_slots, 1, h.kv_heads, h.head_dim} {}
+  QkvLayout layout;
+  HostBatch batch;
+  RopeValues rope;
+  Shape rope_shape, cache_shape;
+};
+
 TEST_F(AttentionGpuTest, RopeStoreKvMatchesCpu) {
   // head_dim 24 and 20: half a head is not a multiple of 8, so the scalar path runs.
   const HeadShape shapes[] = {{8, 2, 128}, {4, 4, 64}, {6, 2, 32}, {2, 1, 16}, {4, 2, 24}, {2, 2, 20}};
@@ -355,43 +399,22 @@ TEST_F(AttentionGpuTest, RopeStoreKvMatchesCpu) {
   uint32_t seed = 800;
   for (const HeadShape& h : shapes) {
     for (int tokens : {1, 7, 64}) {
-      const std::string what = "rope_store_kv heads " + std::to_string(h.heads) + "/" + std::to_string(h.kv_heads) +
-                               " head_dim " + std::to_string(h.head_dim) + " tokens " + std::to_string(tokens);
+      const std::string what = head_case("rope_store_kv", h, tokens);
       SCOPED_TRACE(what);
-      const QkvLayout layout{h.heads, h.kv_heads, h.head_dim};
-      std::mt19937 rng(seed++);
-      HostBatch b;
-      std::vector<int32_t> slots(num_slots);
-      std::iota(slots.begin(), slots.end(), 0);
-      std::shuffle(slots.begin(), slots.end(), rng);
-      std::uniform_int_distribution<int> pos(0, max_positions - 1);
-      for (int t = 0; t < tokens; ++t) {
-        b.positions.push_back(t == 0 ? max_positions - 1 : pos(rng));
-        b.slot_mapping.push_back(t % 3 == 1 ? -1 : slots[t]);  // every third token is padding
-      }
-      b.num_tokens = tokens;
-      b.max_context_len = max_positions;
-      b.query_start = {0, tokens};
-      b.context_lens = {max_positions};
-      b.block_tables = {0};
-      b.num_seqs = 1;
-      b.table_width = 1;
-
-      const RopeValues rope = llama3_rope(h.head_dim, max_positions);
-      const Shape rope_shape{max_positions, h.head_dim / 2};
-      const Shape cache_shape{num_slots, 1, h.kv_heads, h.head_dim};
-      const std::vector<float> poison(static_cast<size_t>(count_of(cache_shape)), nan_f);
+      const RopeCase c(h, tokens, max_positions, num_slots, seed++);
+      const QkvLayout& layout = c.layout;
+      const std::vector<float> poison(static_cast<size_t>(count_of(c.cache_shape)), nan_f);
       const auto qkv = random_values(tokens * layout.width(), seed * 7);
 
       Tensor qkv_cpu = on(*cpu_, qkv, {tokens, layout.width()});
-      KvLayer cache_cpu{on(*cpu_, poison, cache_shape), on(*cpu_, poison, cache_shape)};
-      cpu_->rope_store_kv(qkv_cpu, layout, meta_on(*cpu_, b),
-                          {f32_on(*cpu_, rope.cos, rope_shape), f32_on(*cpu_, rope.sin, rope_shape)}, cache_cpu);
+      KvLayer cache_cpu{on(*cpu_, poison, c.cache_shape), on(*cpu_, poison, c.cache_shape)};
+      cpu_->rope_store_kv(qkv_cpu, layout, meta_on(*cpu_, c.batch),
+                          {f32_on(*cpu_, c.rope.cos, c.rope_shape), f32_on(*cpu_, c.rope.sin, c.rope_shape)}, cache_cpu);
 
       Tensor qkv_gpu = on(*gpu_, qkv, {tokens, layout.width()});
-      KvLayer cache_gpu{on(*gpu_, poison, cache_shape), on(*gpu_, poison, cache_shape)};
-      gpu_->rope_store_kv(qkv_gpu, layout, meta_on(*gpu_, b),
-                          {f32_on(*gpu_, rope.cos, rope_shape), f32_on(*gpu_, rope.sin, rope_shape)}, cache_gpu);
+      KvLayer cache_gpu{on(*gpu_, poison, c.cache_shape), on(*gpu_, poison, c.cache_shape)};
+      gpu_->rope_store_kv(qkv_gpu, layout, meta_on(*gpu_, c.batch),
+                          {f32_on(*gpu_, c.rope.cos, c.rope_shape), f32_on(*gpu_, c.rope.sin, c.rope_shape)}, cache_gpu);
 
       const auto rotated = read(*gpu_, qkv_gpu);
       const auto expected = read(*cpu_, qkv_cpu);
@@ -406,7 +429,7 @@ TEST_F(AttentionGpuTest, RopeStoreKvMatchesCpu) {
       std::vector<bool> written(num_slots, false);
       std::vector<float> k_got, k_want;
       for (int t = 0; t < tokens; ++t) {
-        const int slot = b.slot_mapping[t];
+        const int slot = c.batch.slot_mapping[t];
         if (slot < 0) continue;
         written[slot] = true;
         for (int64_t e = 0; e < kv; ++e) {
@@ -434,8 +457,7 @@ TEST_F(AttentionGpuTest, QkNormMatchesCpu) {
   uint32_t seed = 900;
   for (const HeadShape& h : shapes) {
     for (int64_t tokens : {1, 7, 33}) {
-      const std::string what = "qk_norm heads " + std::to_string(h.heads) + "/" + std::to_string(h.kv_heads) +
-                               " head_dim " + std::to_string(h.head_dim) + " tokens " + std::to_string(tokens);
+      const std::string what = head_case("qk_norm", h, tokens);
       const QkvLayout layout{h.heads, h.kv_heads, h.head_dim};
       const auto qkv = random_values(tokens * layout.width(), seed++, 0.5f, 2.0f);
       const auto qw = random_values(h.head_dim, seed++, 1.0f, 0.5f);
@@ -457,6 +479,52 @@ TEST_F(AttentionGpuTest, QkNormMatchesCpu) {
         for (int64_t e = layout.q_size() + layout.kv_size(); e < w; ++e) ASSERT_EQ(got[t * w + e], qkv[t * w + e]);
       }
       expect_untouched(read(*gpu_, whole.rows(tokens, tokens + 1)), what);
+    }
+  }
+}
+
+// Qwen3's norm and rotation in one pass (kernels/rope_kv.cu with q_norm/k_norm set) against the two
+// kernels one after the other and against the CPU reference: head_dim 16 to 128 take the fused
+// kernel, 24 the fallback. The fused kernel sums a head's squares in another order, so a value may
+// round to the neighbouring bf16; anything more is a bug.
+TEST_F(AttentionGpuTest, QkNormRopeStoreKvMatchesTheTwoOpsAndCpu) {
+  const HeadShape shapes[] = {{16, 8, 128}, {8, 2, 64}, {6, 2, 32}, {2, 1, 16}, {4, 2, 24}};
+  const int max_positions = 3000, num_slots = 200;
+  uint32_t seed = 1300;
+  for (const HeadShape& h : shapes) {
+    for (int tokens : {1, 7, 64}) {
+      const std::string what = head_case("qk_norm_rope_store_kv", h, tokens);
+      SCOPED_TRACE(what);
+      const RopeCase c(h, tokens, max_positions, num_slots, seed++);
+      const QkvLayout& layout = c.layout;
+      const std::vector<float> zeros(static_cast<size_t>(count_of(c.cache_shape)), 0.0f);
+      const auto qkv = random_values(tokens * layout.width(), seed * 7, 0.5f, 2.0f);
+      const auto qw = random_values(h.head_dim, seed * 7 + 1, 1.0f, 0.5f);
+      const auto kw = random_values(h.head_dim, seed * 7 + 2, 1.0f, 0.5f);
+      const float eps = 1e-6f;
+
+      auto run = [&](Backend& be, bool fused) {
+        Tensor x = on(be, qkv, {tokens, layout.width()});
+        KvLayer cache{on(be, zeros, c.cache_shape), on(be, zeros, c.cache_shape)};
+        const RopeTable table{f32_on(be, c.rope.cos, c.rope_shape), f32_on(be, c.rope.sin, c.rope_shape)};
+        Tensor q_w = on(be, qw, {h.head_dim}), k_w = on(be, kw, {h.head_dim});
+        if (fused) {
+          be.qk_norm_rope_store_kv(x, layout, q_w, k_w, eps, meta_on(be, c.batch), table, cache);
+        } else {
+          be.qk_norm(x, layout, q_w, k_w, eps);
+          be.rope_store_kv(x, layout, meta_on(be, c.batch), table, cache);
+        }
+        std::vector<float> all = read(be, x), k = read(be, cache.k), v = read(be, cache.v);
+        all.insert(all.end(), k.begin(), k.end());
+        all.insert(all.end(), v.begin(), v.end());
+        return all;
+      };
+      const auto fused = run(*gpu_, true), apart = run(*gpu_, false), cpu = run(*cpu_, true);
+      expect_close(fused, cpu, what + ", against the CPU");
+      expect_close(fused, apart, what + ", against qk_norm then rope_store_kv");
+      size_t differ = 0;
+      for (size_t i = 0; i < fused.size(); ++i) differ += fused[i] != apart[i];
+      EXPECT_LE(differ, fused.size() / 50) << differ << " of " << fused.size() << " values differ from the two ops'";
     }
   }
 }

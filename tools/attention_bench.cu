@@ -17,20 +17,11 @@
 
 #include "kernels/attention.cuh"
 #include "kernels/cuda_check.hpp"
+#include "tools/device_fill.cuh"
 
 namespace {
 
 using troupe::cuda::AttentionArgs;
-
-__global__ void fill_random(__nv_bfloat16* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    p[i] = __float2bfloat16(static_cast<float>(h & 0xffff) / 32768.0f - 1.0f);
-  }
-}
 
 template <class T>
 T* device_copy(const std::vector<T>& v) {
