@@ -85,6 +85,7 @@ struct Runtime::Impl {
   mutable std::mutex failure_mutex;
   std::string failure;                      // the first failure, as requests see it
   std::vector<caf::actor> fail_schedulers;  // every rank hears of a failure; from build() to stop_all()
+  std::atomic<bool> healthy{true};          // false from the first failure on; workers ask it as they exit
   // Workers not yet exited: once the engine failed, the destructor waits for them only so long.
   std::mutex exit_mutex;
   std::condition_variable exit_cv;
@@ -99,7 +100,6 @@ struct Runtime::Impl {
   std::unordered_map<SeqId, caf::actor> live;
   std::atomic<SeqId> next_id{1};
   std::atomic<int> queued{0};
-  std::atomic<bool> healthy{true};
 
   RequestSpec request_spec(SeqId id) {
     RequestSpec spec;
@@ -287,6 +287,7 @@ void Runtime::Impl::build() {
         spec.shard = {p, t, s, d, options.moe_exchange};
         spec.comms = comms[r];
         spec.abort_comms = [this, mine = groups_of[r]](const std::string& why) { abort_groups(mine, why); };
+        spec.engine_failed = [this] { return !healthy.load(); };
         spec.model_dir = options.model_dir;
         spec.device = device;
         spec.device_index = gpus > 0 ? r % gpus : 0;
@@ -442,9 +443,11 @@ void Runtime::Impl::stop_all() {
   stop(stages);
   stop(kv_managers);
   stop(expert_shards);
-  // A CPU worker blocked in a collective is released by failing its groups. A GPU worker's host
-  // never waits in a collective (NCCL's calls only enqueue); its communicators are left to the
-  // process's end (kernels/nccl_communicator.cpp says why).
+  // A CPU worker blocked in a collective is released by failing its groups. A GPU worker whose step
+  // waits on a collective of a failed peer (its host in a stream synchronisation) is released by
+  // nothing: the destructor abandons it. Its communicators are left to the process's end
+  // (kernels/nccl_communicator.cpp says why), and so, once the engine failed, is every GPU worker's
+  // device state (WorkerState in worker.cpp says why).
   for (auto& g : groups)
     for (auto& c : g) abort_group(*c, "the runtime is shutting down");
   stop(workers);

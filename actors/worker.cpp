@@ -33,6 +33,21 @@ struct WorkerState {
   std::string track;
   bool failed = false;
   static inline const char* name = "worker";
+
+  // Once the engine failed, a peer GPU may spin for good in a collective that waits for the failed
+  // rank (the peer all-reduce kernel cannot be aborted). Tearing down here would free device and
+  // pinned memory (cudaFree, cudaFreeHost), destroy streams and graphs: calls that may wait for
+  // every device mapping that memory (peer access; pinned memory is mapped into every context), the
+  // stuck one included, and a thread waiting inside the driver may hold up the process's exit
+  // (serve and the GPU fault test _Exit once ~Runtime abandoned the stuck worker). So a GPU worker
+  // of a failed engine leaves its device objects to the process's end, as every NCCL communicator
+  // is left; only the stuck worker's own thread ever waits on its GPU.
+  ~WorkerState() {
+    if (spec.device != "cuda" || !(failed || (spec.engine_failed && spec.engine_failed()))) return;
+    (void)runner.release();
+    for (auto& c : nccl) (void)c.release();
+    for (auto& c : timed) (void)c.release();
+  }
 };
 
 std::unique_ptr<Backend> make_backend(const std::string& device, int index) {

@@ -48,6 +48,8 @@ struct WorkerSpec {
   ModelShard shard;
   ShardComms comms;
   std::function<void(const std::string&)> abort_comms;  // fails its CPU thread groups: peers stop waiting
+  // Whether the engine failed (a step of any worker); asked when this worker exits. May be null.
+  std::function<bool()> engine_failed;
   std::filesystem::path model_dir;
   std::string device = "cpu";
   int device_index = 0;
