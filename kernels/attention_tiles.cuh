@@ -24,11 +24,12 @@ constexpr int kStages = 2;     // prefill's stages: the next tile loads while th
 // The decode path's workspace holds partial outputs of this many CTAs per SM (of 16 query rows each);
 // its splits stay well below (about two waves of three to six resident CTAs per SM).
 constexpr int kWorkspaceCtasPerSm = 8;
-// Fewest keys worth a split of their own: one tile. choose_splits (paged_decode.cu) weighs a split's
-// start and the combine kernel against the parallelism it buys; at 256 this floor kept batch-1 decode
-// of a 256-token context at 8 CTAs (one per kv head) for 10 µs a layer on an H100, a fifth of the
-// whole layer.
-constexpr int kMinSplitKeys = kTileKeys;
+// Fewest keys worth a split of their own: below this a CTA's pipeline fill dominates. Also what keeps
+// short contexts batch-invariant: the splits depend on how many sequences share the step, and with
+// them the order of the softmax sums. At one tile (64) batch-1 decode of a 256-token context ran 1.2
+// µs a layer faster on an H100 (10.5 -> 9.3 µs), but pp2 and dp2 then no longer gave tp1's greedy
+// tokens exactly (layouts_gpu_test): not worth 3% of the step.
+constexpr int kMinSplitKeys = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // A shared-memory row of D bf16 plus 16 bytes: the 8 rows that one ldmatrix (or one quarter-warp of
