@@ -151,7 +151,10 @@ def run_troupe(binary, model_dir, prompts, tokens, extra):
     cmd = [binary, "generate", "--model", model_dir, "--load-format", "dummy", "--prompts-file", path,
            "--max-tokens", str(tokens), "--ignore-eos", "--temperature", "0", "--max-model-len", "1024"] + extra
     print("troupe:", " ".join(cmd), file=sys.stderr, flush=True)
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        os.unlink(path)
     sys.stderr.write(run.stderr[-3000:])
     if run.returncode != 0:
         sys.exit(f"troupe generate exited {run.returncode}")
