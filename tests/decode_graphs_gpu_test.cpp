@@ -2,8 +2,15 @@
 // any batch the graphs were captured for. Such a prefill used to grow an op's scratch (the MoE
 // experts'), and the graphs went on reading the freed buffer: an illegal address on the first decode
 // step, or silently wrong tokens where the allocator happened to hand the same address back.
+//
+// Not bit for bit: a graph's attention splits are planned for the longest context it may meet, an
+// eager step's for the batch's own, and which requests share a step depends on when they reach the
+// scheduler (eager runs of the same requests differ from one another in a tiny MoE model on an H100).
+// So the graphs may leave the eager path only at a near-tie of its logits (test::greedy_departures,
+// the rule the layouts test uses); memory read after it was freed gives no such near-tie.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <random>
 
 #include "config/model_config.hpp"
@@ -24,6 +31,7 @@ std::vector<test::Job> long_prompts(int vocab) {
     j.params.temperature = 0;
     j.params.max_tokens = 24;
     j.params.ignore_eos = true;
+    j.params.logprobs = 5;
     jobs.push_back(std::move(j));
   }
   return jobs;
@@ -54,9 +62,11 @@ TEST_P(DecodeGraphsGpu, GraphsAfterLongPrefillsGiveEagerTokens) {
     ASSERT_TRUE(eager[i].final.error.empty()) << preset << " eager request " << i << ": " << eager[i].final.error;
     ASSERT_TRUE(graphs[i].final.error.empty()) << preset << " graph request " << i << ": " << graphs[i].final.error;
     ASSERT_EQ(static_cast<int>(graphs[i].tokens.size()), jobs[i].params.max_tokens) << preset << " request " << i;
-    for (size_t k = 0; k < graphs[i].tokens.size(); ++k)
-      ASSERT_EQ(graphs[i].tokens[k].token, eager[i].tokens[k].token) << preset << " request " << i << ", token " << k;
   }
+  const bool moe = load_model_config(test::tiny_options(preset).model_dir).num_experts > 0;
+  const int departed =
+      test::greedy_departures(preset + " graphs", eager, graphs, moe ? test::kMoeNearTie : test::kDenseNearTie);
+  std::printf("%s: %d of %zu requests left the eager path (at near-ties)\n", preset.c_str(), departed, jobs.size());
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, DecodeGraphsGpu, ::testing::Values("tiny-qwen3-moe", "tiny-llama", "tiny-mixtral"));

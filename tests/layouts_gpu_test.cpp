@@ -1,11 +1,11 @@
 // Every parallel layout on real GPUs (NCCL between them) computes what one GPU computes: 16
 // concurrent greedy requests of mixed prompt lengths, 32 to 40 tokens each, give the tokens of tp1
 // on one GPU. bf16 sums in another order may flip a near-tie: a dense model may leave tp1's path
-// only where tp1's two best tokens were within kNearTie of each other in log-probability, and then
+// only where tp1's two best tokens were within 0.1 of each other in log-probability, and then
 // it must take tp1's second-best token (the rest of that request is not compared). In an MoE model
 // the same rounding also flips near-ties of the router, which sends a token to another expert and
 // moves its logits further: there a layout may leave where tp1's best token led by at most
-// kNearTieMoe, taking one of tp1's five best (the CPU backend's f32 runs of the same layouts agree
+// 0.3, taking one of tp1's five best (test::greedy_departures; the CPU backend's f32 runs of the same layouts agree
 // to 1e-6: runtime_layouts_test). Afterwards no KV block is held.
 //
 // Models: the tiny fixtures from files, and the qwen3-0.6b and qwen3-30b-a3b presets with dummy
@@ -29,9 +29,6 @@
 
 namespace troupe {
 namespace {
-
-constexpr float kNearTie = 0.1f;
-constexpr float kNearTieMoe = 0.3f;
 
 using test::start_watchdog;
 using test::touch;
@@ -92,33 +89,6 @@ std::vector<test::Outcome> run(const TestModel& m, const Layout& l, const std::v
   return out;
 }
 
-// Compares a layout's outcomes with tp1's; returns the number of requests that left tp1's path.
-int compare(const TestModel& m, const Layout& l, const std::vector<test::Job>& jobs, const std::vector<test::Outcome>& ref,
-            const std::vector<test::Outcome>& got) {
-  int diverged = 0;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    EXPECT_TRUE(got[i].done);
-    EXPECT_EQ(got[i].tokens.size(), ref[i].tokens.size()) << m.name << " " << l.name() << " request " << i;
-    for (size_t k = 0; k < std::min(got[i].tokens.size(), ref[i].tokens.size()); ++k) {
-      const TokenOut& a = got[i].tokens[k];
-      const TokenOut& b = ref[i].tokens[k];
-      if (a.token == b.token) continue;
-      ++diverged;
-      const float gap = b.top.size() >= 2 ? b.top[0].logprob - b.top[1].logprob : INFINITY;
-      std::printf("  %s %s request %zu token %zu: %d instead of %d; tp1's top-2 gap %.4f\n", m.name.c_str(),
-                  l.name().c_str(), i, k, a.token, b.token, gap);
-      EXPECT_LE(gap, m.moe ? kNearTieMoe : kNearTie)
-          << m.name << " " << l.name() << " request " << i << " token " << k << ": left tp1's path where it was no near-tie";
-      const size_t within = m.moe ? b.top.size() : std::min<size_t>(2, b.top.size());
-      bool among = false;
-      for (size_t j = 1; j < within; ++j) among = among || a.token == b.top[j].token;
-      EXPECT_TRUE(among) << "not among tp1's " << (m.moe ? "five best" : "two best") << " tokens";
-      break;
-    }
-  }
-  return diverged;
-}
-
 std::vector<Layout> layouts(bool moe, int gpus) {
   std::vector<Layout> all = {{2, 1, 1, false}, {1, 2, 1, false}, {1, 1, 2, false}};
   if (moe) all.insert(all.end(), {{2, 1, 1, true}, {1, 1, 2, true}});
@@ -168,7 +138,8 @@ TEST(LayoutsGpu, EveryLayoutGivesTp1sGreedyTokens) {
       }
       if (only && ("," + std::string(only) + ",").find("," + l.name() + ",") == std::string::npos) continue;
       const auto got = run(m, l, jobs, &seconds);
-      const int diverged = compare(m, l, jobs, ref, got);
+      const int diverged =
+          test::greedy_departures(m.name + " " + l.name(), ref, got, m.moe ? test::kMoeNearTie : test::kDenseNearTie);
       std::printf("%s %s: %.2f s, %d of %zu requests left tp1's path (at near-ties)\n", m.name.c_str(),
                   l.name().c_str(), seconds, diverged, jobs.size());
       std::fflush(stdout);

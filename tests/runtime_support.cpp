@@ -1,6 +1,11 @@
 #include "tests/runtime_support.hpp"
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <stdexcept>
 
 #include "tests/test_support.hpp"
@@ -43,6 +48,31 @@ std::vector<Outcome> run_jobs(Runtime& runtime, const std::vector<Job>& jobs, do
     throw std::runtime_error("requests did not finish in time: " + std::to_string(finished) + " of " +
                              std::to_string(jobs.size()));
   return out;
+}
+
+int greedy_departures(const std::string& what, const std::vector<Outcome>& ref, const std::vector<Outcome>& got,
+                      NearTieRule rule) {
+  int departed = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    EXPECT_TRUE(got[i].done) << what << " request " << i;
+    EXPECT_EQ(got[i].tokens.size(), ref[i].tokens.size()) << what << " request " << i;
+    for (size_t k = 0; k < std::min(got[i].tokens.size(), ref[i].tokens.size()); ++k) {
+      const TokenOut& a = got[i].tokens[k];
+      const TokenOut& b = ref[i].tokens[k];
+      if (a.token == b.token) continue;
+      ++departed;
+      const float gap = b.top.size() >= 2 ? b.top[0].logprob - b.top[1].logprob : INFINITY;
+      std::printf("  %s request %zu token %zu: %d instead of %d; the reference's top-2 gap %.4f\n", what.c_str(), i,
+                  k, a.token, b.token, gap);
+      EXPECT_LE(gap, rule.gap) << what << " request " << i << " token " << k << ": left the reference's path where it was no near-tie";
+      bool among = false;
+      for (size_t j = 1; j < std::min(rule.within, b.top.size()); ++j) among = among || a.token == b.top[j].token;
+      EXPECT_TRUE(among) << what << " request " << i << " token " << k << ": not among the reference's " << rule.within
+                         << " best tokens";
+      break;
+    }
+  }
+  return departed;
 }
 
 std::vector<Job> mixed_jobs(int count, int vocab, uint32_t seed, int logprobs) {
