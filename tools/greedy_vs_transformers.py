@@ -14,7 +14,9 @@ forward pass on them: the oracle is its modelling code, not ours.
 
 troupe runs first (all prompts at once, batched like a server would), then transformers (each prompt
 alone, with its KV cache). Per prompt: the tokens both agree on; at the first difference, the two
-top logits of transformers there, so a difference at a near-tie shows as a small margin.
+top logits of transformers there, so a difference at a near-tie shows as a small margin. The same for
+transformers against itself with all prompts in one left-padded batch: how far bf16 summation order
+alone moves this model's greedy tokens.
 """
 import argparse
 import json
@@ -183,6 +185,43 @@ def run_transformers(model, prompts, tokens):
     return outputs
 
 
+@torch.no_grad()
+def run_transformers_batched(model, prompts, tokens):
+    """The same greedy continuations from transformers itself, all prompts in one left-padded batch:
+    the same function with sums in another order, to show how far bf16 alone moves the tokens."""
+    width = max(len(p) for p in prompts)
+    pad = 0
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    out = model.generate(input_ids=ids.cuda(), attention_mask=mask.cuda(), do_sample=False, max_new_tokens=tokens,
+                         min_new_tokens=tokens, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+    return [row[width:].tolist() for row in out]
+
+
+def compare(label, prompts, candidates, steps_of):
+    """Rows per prompt: how many of the candidate's tokens equal transformers' single-prompt greedy
+    tokens, and at the first difference both tokens' logits in transformers' run."""
+    rows = []
+    for i, (prompt, mine, steps) in enumerate(zip(prompts, candidates, steps_of)):
+        ref = [s["token"] for s in steps]
+        agree = next((k for k in range(len(ref)) if k >= len(mine) or mine[k] != ref[k]), len(ref))
+        row = {"prompt_len": len(prompt), "agree": agree, "of": len(ref)}
+        if agree < len(ref):
+            s = steps[agree]
+            other = mine[agree] if agree < len(mine) else None
+            row.update({"transformers_token": s["token"], "other_token": other, "transformers_top2": s["top2"],
+                        "margin": s["top2"][0] - (float(s["logits"][other]) if other is not None else math.nan)})
+        rows.append(row)
+        print(f"{label} prompt {i} ({len(prompt)} tokens): {agree}/{len(ref)} equal" +
+              (f"; first difference: transformers {row['transformers_token']} (logit {row['transformers_top2'][0]:.4f})"
+               f" vs {row['other_token']} (transformers' logit for it {row['transformers_top2'][0] - row['margin']:.4f},"
+               f" margin {row['margin']:.4f})" if agree < len(ref) else ""))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -207,25 +246,13 @@ def main():
           f"weights in {time.time() - start:.1f} s", file=sys.stderr, flush=True)
     theirs = run_transformers(model, prompts, args.tokens)
 
+    batched = run_transformers_batched(model, prompts, args.tokens)
+
     report = {"model": os.path.basename(os.path.normpath(args.model)), "transformers": transformers.__version__,
-              "torch": torch.__version__, "dtype": "bfloat16", "troupe_flags": extra, "prompts": []}
-    all_equal = True
-    for i, (prompt, mine, steps) in enumerate(zip(prompts, ours, theirs)):
-        ref = [s["token"] for s in steps]
-        agree = next((k for k in range(len(ref)) if k >= len(mine) or mine[k] != ref[k]), len(ref))
-        row = {"prompt_len": len(prompt), "agree": agree, "of": len(ref)}
-        if agree < len(ref):
-            all_equal = False
-            s = steps[agree]
-            ours_token = mine[agree] if agree < len(mine) else None
-            row.update({"transformers_token": s["token"], "troupe_token": ours_token,
-                        "transformers_top2": s["top2"],
-                        "margin": s["top2"][0] - (float(s["logits"][ours_token]) if ours_token is not None else math.nan)})
-        report["prompts"].append(row)
-        print(f"prompt {i} ({len(prompt)} tokens): {agree}/{len(ref)} equal" +
-              (f"; first difference: transformers {row['transformers_token']} (logit {row['transformers_top2'][0]:.4f})"
-               f" vs troupe {row['troupe_token']} (transformers' logit for it {row['transformers_top2'][0] - row['margin']:.4f},"
-               f" margin {row['margin']:.4f})" if agree < len(ref) else ""))
+              "torch": torch.__version__, "dtype": "bfloat16", "troupe_flags": extra,
+              "prompts": compare("troupe", prompts, ours, theirs),
+              "transformers_batched": compare("transformers batched", prompts, batched, theirs)}
+    all_equal = all(r["agree"] == r["of"] for r in report["prompts"])
     report["all_equal"] = all_equal
     if args.out:
         with open(args.out, "w") as f:
