@@ -4,6 +4,8 @@
 #include "engine/timed_communicator.hpp"
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <sstream>
 
@@ -32,6 +34,13 @@ struct WorkerState {
   std::vector<std::unique_ptr<Communicator>> nccl;
   std::string track;
   bool failed = false;
+  // TROUPE_DUMP_ROUTING=<path>, a debugging aid for MoE router near-ties (a token whose k-th and
+  // (k+1)-th router logits are almost equal, so bf16 rounding may pick another expert than a
+  // reference implementation): tensor-parallel rank 0 appends one JSON line per eager step and MoE
+  // layer, {"step", "rank", "layer", "top_k", "ids": [tokens x top_k expert ids, row-major]}.
+  // Replayed CUDA graphs report no routing (--enforce-eager for decode steps). tools/router_near_ties.py
+  // reads it.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> routing_dump{nullptr, &std::fclose};
   static inline const char* name = "worker";
 
   // Once the engine failed, a peer GPU may spin for good in a collective that waits for the failed
@@ -137,6 +146,10 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
             info.kv_budget_bytes = std::max<int64_t>(0, static_cast<int64_t>(total * sp.gpu_memory_utilization) - used - reserve);
           }
           self->state.runner = std::make_unique<ModelRunner>(std::move(backend), std::move(model), std::move(sampler));
+          if (const char* path = std::getenv("TROUPE_DUMP_ROUTING"); path && *path && sp.shard.tp_rank == 0) {
+            self->state.routing_dump.reset(std::fopen(path, "a"));
+            if (!self->state.routing_dump) throw std::runtime_error(std::string("TROUPE_DUMP_ROUTING: cannot open ") + path);
+          }
           info.kv_bytes_per_block = self->state.runner->kv_bytes_per_block(1);
           return info;
         } catch (const std::exception& e) {
@@ -169,11 +182,20 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           };
         }
         std::vector<int64_t> routed;
+        std::string dumped;  // this step's TROUPE_DUMP_ROUTING lines, written at once after it
         // Tensor-parallel ranks route the same tokens: one of them reports.
-        if (!st.spec.expert_shards.empty() && st.spec.shard.tp_rank == 0) {
+        if (!st.spec.expert_shards.empty() && st.spec.shard.tp_rank == 0)
           routed.assign(st.runner->model().config().num_experts, 0);
-          hooks.routing = [&](int, std::span<const int32_t> ids) {
-            for (int32_t e : ids) ++routed[e];
+        if (!routed.empty() || st.routing_dump) {
+          const int top_k = st.runner->model().config().num_experts_per_tok;
+          hooks.routing = [&, top_k](int layer, std::span<const int32_t> ids) {
+            if (!routed.empty())
+              for (int32_t e : ids) ++routed[e];
+            if (!st.routing_dump) return;
+            dumped += "{\"step\":" + std::to_string(plan->step) + ",\"rank\":" + std::to_string(st.spec.rank) +
+                      ",\"layer\":" + std::to_string(layer) + ",\"top_k\":" + std::to_string(top_k) + ",\"ids\":[";
+            for (size_t i = 0; i < ids.size(); ++i) dumped += (i ? "," : "") + std::to_string(ids[i]);
+            dumped += "]}\n";
           };
         }
         const auto start = trace ? trace->now() : TraceRecorder::Clock::time_point{};
@@ -204,6 +226,10 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           }
           if (!routed.empty())
             for (const caf::actor& shard : st.spec.expert_shards) self->send(shard, atoms::routing::value, routed);
+          if (!dumped.empty()) {
+            std::fwrite(dumped.data(), 1, dumped.size(), st.routing_dump.get());
+            std::fflush(st.routing_dump.get());
+          }
           if (st.spec.metrics) {
             self->send(st.spec.metrics, atoms::observe::value, st.times);
             st.times = {};
