@@ -131,6 +131,28 @@ class Backend {
   // inout += x.
   virtual void add(const Tensor& x, const Tensor& inout) = 0;
 
+  // The residual stream's ops around a projection, which a backend may fuse into it (the CUDA
+  // backend's decode GEMV does at a few tokens); by default the ops one after another, with the
+  // scratch tensor the caller passes.
+  // out = rms_norm(x) · weight, then · wᵀ (+ bias); normed [T, K] is scratch.
+  virtual void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& w,
+                               const Tensor* bias, const Tensor& normed, const Tensor& out) {
+    rms_norm(x, norm_weight, eps, normed);
+    linear(normed, w, bias, out);
+  }
+  // residual += x · wᵀ (+ bias); delta [T, N] is scratch.
+  virtual void linear_add(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& delta,
+                          const Tensor& residual) {
+    linear(x, w, bias, delta);
+    add(delta, residual);
+  }
+  // residual += silu_mul(gate_up) · wᵀ; act [T, I] and delta [T, N] are scratch.
+  virtual void silu_mul_linear_add(const Tensor& gate_up, const Tensor& w, const Tensor& act, const Tensor& delta,
+                                   const Tensor& residual) {
+    silu_mul_linear(gate_up, w, act, delta);
+    add(delta, residual);
+  }
+
   // Per-head RMSNorm of q and k inside fused qkv rows (Qwen3), in place.
   virtual void qk_norm(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight, const Tensor& k_weight,
                        float eps) = 0;

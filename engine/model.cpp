@@ -501,25 +501,61 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
     span("moe_combine", false);
   };
 
+  // The residual stream. While `pending`, delta holds a sublayer's output not yet added to residual
+  // (tensor parallelism: it is all-reduced first, then added where the next norm reads it); without
+  // tensor parallelism each sublayer's last projection adds its output itself. Either way the next
+  // norm and the projection after it are one backend call, which a backend may fuse.
+  bool pending = false;
+  const bool add_in_projection = !comms_.tp;
+  auto norm_linear = [&](const Tensor& norm, const Tensor& weight, const Tensor* bias, const Tensor& out) {
+    if (pending) {
+      be.add_rms_norm(residual, delta, norm, eps, x);
+      be.linear(x, weight, bias, out);
+    } else {
+      be.rms_norm_linear(residual, norm, eps, weight, bias, x, out);
+    }
+    pending = false;
+  };
+  auto norm_into_x = [&](const Tensor& norm) {
+    if (pending)
+      be.add_rms_norm(residual, delta, norm, eps, x);
+    else
+      be.rms_norm(residual, norm, eps, x);
+    pending = false;
+  };
+  auto delta_complete = [&] {
+    if (comms_.tp) comms_.tp->all_reduce(delta);
+    pending = true;
+  };
+  auto bias_of = [](const Tensor& b) { return b.defined() ? &b : nullptr; };
+
   for (size_t li = 0; li < w.layers.size(); ++li) {
     const Weights::Layer& layer = w.layers[li];
-    if (li == 0) {
-      be.rms_norm(residual, layer.input_norm, eps, x);
-    } else {
-      be.add_rms_norm(residual, delta, layer.input_norm, eps, x);
-    }
-    be.linear(x, layer.qkv, layer.qkv_bias.defined() ? &layer.qkv_bias : nullptr, qkv);
+    norm_linear(layer.input_norm, layer.qkv, bias_of(layer.qkv_bias), qkv);
     if (c.qk_norm)
       be.qk_norm_rope_store_kv(qkv, layout, layer.q_norm, layer.k_norm, eps, meta, w.rope, cache.layers[li]);
     else
       be.rope_store_kv(qkv, layout, meta, w.rope, cache.layers[li]);
     be.attention(qkv, layout, cache.layers[li], meta, scale, attn);
-    be.linear(attn, layer.o, layer.o_bias.defined() ? &layer.o_bias : nullptr, delta);
-    if (comms_.tp) comms_.tp->all_reduce(delta);
-    be.add_rms_norm(residual, delta, layer.post_attention_norm, eps, x);
-    if (!layer.moe) {
-      run_mlp(layer.mlp, x, delta);
+    if (add_in_projection) {
+      be.linear_add(attn, layer.o, bias_of(layer.o_bias), delta, residual);
     } else {
+      be.linear(attn, layer.o, bias_of(layer.o_bias), delta);
+      delta_complete();
+    }
+    if (!layer.moe) {
+      const Mlp& m = layer.mlp;
+      Tensor gate_up = be.allocate({t, 2 * m.down.size(1)}, dt);
+      Tensor act = be.allocate({t, m.down.size(1)}, dt);
+      norm_linear(layer.post_attention_norm, m.gate_up, nullptr, gate_up);
+      if (add_in_projection) {
+        be.silu_mul_linear_add(gate_up, m.down, act, delta, residual);
+      } else {
+        be.silu_mul_linear(gate_up, m.down, act, delta);
+        delta_complete();
+      }
+    } else {
+      norm_into_x(layer.post_attention_norm);
       run_moe(layer);
       const Moe& m = layer.experts;
       if (m.has_shared) {
@@ -529,10 +565,10 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
         be.linear(x, m.shared_gate, nullptr, gate);
         be.add_sigmoid_gated(shared, gate, delta);
       }
+      delta_complete();
     }
-    if (comms_.tp) comms_.tp->all_reduce(delta);
   }
-  if (!w.layers.empty()) be.add(delta, residual);
+  if (pending) be.add(delta, residual);
   if (!shard_.last_stage()) {
     comms_.next->send(residual, 1);
     return {};
@@ -550,9 +586,8 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
   Tensor picked = be.allocate({rows, h}, dt);
   be.embedding(residual, in.logits_indices, picked);
   Tensor normed = be.allocate({rows, h}, dt);
-  be.rms_norm(picked, w.final_norm, eps, normed);
   Tensor local = be.allocate({rows, plan.vocab_rows}, dt);
-  be.linear(normed, w.lm_head, nullptr, local);
+  be.rms_norm_linear(picked, w.final_norm, eps, w.lm_head, nullptr, normed, local);
   if (!comms_.tp) return local;
   Tensor stacked = be.allocate({tp, rows, plan.vocab_rows}, dt);
   std::vector<int64_t> each(tp, rows);

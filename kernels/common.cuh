@@ -6,6 +6,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
 
 #include "kernels/cuda_check.hpp"
 
@@ -69,6 +72,47 @@ __device__ __forceinline__ float block_sum(float v) {
   }
   __syncthreads();
   return total;
+}
+
+// Programmatic dependent launch (Hopper): a kernel launched with launch_overlapped may start while
+// the kernel before it on the stream still runs. What it reads before wait_for_previous_kernel() must
+// not come from that kernel (weights, tables, step inputs copied in before the step), and it writes
+// nothing before it; the wait returns once every earlier kernel has finished and its writes are
+// visible. So a decode step's kernels, each a few microseconds, stop paying their launch and their
+// first loads one after another. Every CTA of such a kernel calls the wait, even one with no work, so
+// that the kernel cannot finish before the one it follows. Where the kernel was launched plainly, both
+// calls do nothing.
+__device__ __forceinline__ void wait_for_previous_kernel() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+// Lets the next kernel on the stream be launched now (its CTAs take the SM room this one leaves).
+__device__ __forceinline__ void let_next_kernel_start() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+// Whether launch_overlapped asks for programmatic dependent launch: yes unless TROUPE_PDL=0 (to measure
+// without it).
+inline bool overlapped_launches() {
+  static const bool on = [] {
+    const char* v = std::getenv("TROUPE_PDL");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch (see above): only
+// for kernels that call wait_for_previous_kernel() in every CTA before touching what earlier kernels
+// write. Stream capture turns it into a programmatic edge of the CUDA graph.
+template <typename... Params, typename... Args>
+void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = overlapped_launches() ? 1 : 0;
+  TROUPE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 }  // namespace troupe::cuda

@@ -264,25 +264,7 @@ class CudaBackend final : public Backend {
   }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out) override {
-    require_bf16(x, "linear");
-    require_bf16(w, "linear");
-    require_bf16(out, "linear");
-    require(w.rank() == 2, "linear", "weight must be [N, K], got " + w.describe());
-    const int64_t n = w.size(0), k = w.size(1);
-    require(k > 0 && x.numel() % k == 0, "linear", "x " + x.describe() + " for w " + w.describe());
-    const int64_t tokens = x.numel() / k;
-    require(out.numel() == tokens * n, "linear",
-            "x " + x.describe() + ", w " + w.describe() + ", out " + out.describe());
-    if (bias) {
-      require_bf16(*bias, "linear");
-      require(bias->numel() == n, "linear", "bias " + bias->describe() + " for w " + w.describe());
-    }
-    bind();
-    const __nv_bfloat16* b = bias ? bf16_in(*bias) : nullptr;
-    if (tokens <= gemv_max_tokens_ &&
-        cuda::small_batch_linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_))
-      return;
-    gemm_->linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_);
+    project(x, w, bias, out, "linear", false);
   }
 
   void silu_mul(const Tensor& gate_up, const Tensor& out) override {
@@ -298,21 +280,41 @@ class CudaBackend final : public Backend {
   }
 
   void silu_mul_linear(const Tensor& gate_up, const Tensor& w, const Tensor& act, const Tensor& out) override {
-    const int64_t width = gate_up.rank() >= 1 ? gate_up.size(-1) : 0;
-    const int64_t tokens = width > 0 ? gate_up.numel() / width : 0;
+    if (!gated_gemv(gate_up, w, out, false, "silu_mul_linear")) Backend::silu_mul_linear(gate_up, w, act, out);
+  }
+
+  void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& w, const Tensor* bias,
+                       const Tensor& normed, const Tensor& out) override {
+    const char* op = "rms_norm_linear";
+    const int64_t k = w.rank() == 2 ? w.size(1) : 0;
+    const int64_t tokens = k > 0 ? x.numel() / k : 0;
     if (tokens >= 1 && tokens <= gemv_max_tokens_) {
-      const char* op = "silu_mul_linear";
-      require_bf16(gate_up, op);
-      require_bf16(w, op);
-      require_bf16(out, op);
-      require(w.rank() == 2 && 2 * w.size(1) == width && out.numel() == tokens * w.size(0), op,
-              "gate_up " + gate_up.describe() + ", w " + w.describe() + ", out " + out.describe());
+      check_projection(x, w, bias, out, op);
+      require_bf16(norm_weight, op);
+      require(norm_weight.numel() == k, op, "norm weight " + norm_weight.describe() + " for w " + w.describe());
       bind();
-      if (cuda::small_batch_silu_mul_linear(bf16_in(gate_up), bf16_in(w), bf16_out(out), tokens, w.size(0), w.size(1),
-                                            stream_))
-        return;
+      cuda::GemvCall c;
+      c.x = bf16_in(x), c.w = bf16_in(w), c.bias = bias ? bf16_in(*bias) : nullptr, c.out = bf16_out(out);
+      c.tokens = tokens, c.n = w.size(0), c.k = k;
+      c.input = cuda::GemvInput::rms_norm, c.norm_weight = bf16_in(norm_weight), c.eps = eps;
+      if (cuda::small_batch_gemv(c, stream_)) return;
     }
-    Backend::silu_mul_linear(gate_up, w, act, out);
+    Backend::rms_norm_linear(x, norm_weight, eps, w, bias, normed, out);
+  }
+
+  // The projection adds into the residual: in the GEMV at a few tokens, else as cuBLASLt's β = 1.
+  void linear_add(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& delta,
+                  const Tensor& residual) override {
+    (void)delta;
+    project(x, w, bias, residual, "linear_add", true);
+  }
+
+  void silu_mul_linear_add(const Tensor& gate_up, const Tensor& w, const Tensor& act, const Tensor& delta,
+                           const Tensor& residual) override {
+    (void)delta;
+    if (gated_gemv(gate_up, w, residual, true, "silu_mul_linear_add")) return;
+    silu_mul(gate_up, act);
+    project(act, w, nullptr, residual, "silu_mul_linear_add", true);
   }
 
   void add(const Tensor& x, const Tensor& inout) override {
@@ -581,6 +583,56 @@ class CudaBackend final : public Backend {
     a.num_kv_heads = layout.num_kv_heads;
     a.head_dim = layout.head_dim;
     return a;
+  }
+
+  // out[T, N] = x[T, K] · w[N, K]ᵀ (+ bias), or out += that (accumulate): tokens, shapes and dtypes
+  // checked; returns T.
+  int64_t check_projection(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out, const char* op) {
+    require_bf16(x, op);
+    require_bf16(w, op);
+    require_bf16(out, op);
+    require(w.rank() == 2, op, "weight must be [N, K], got " + w.describe());
+    const int64_t n = w.size(0), k = w.size(1);
+    require(k > 0 && x.numel() % k == 0, op, "x " + x.describe() + " for w " + w.describe());
+    const int64_t tokens = x.numel() / k;
+    require(out.numel() == tokens * n, op, "x " + x.describe() + ", w " + w.describe() + ", out " + out.describe());
+    if (bias) {
+      require_bf16(*bias, op);
+      require(bias->numel() == n, op, "bias " + bias->describe() + " for w " + w.describe());
+    }
+    return tokens;
+  }
+
+  void project(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out, const char* op,
+               bool accumulate) {
+    const int64_t tokens = check_projection(x, w, bias, out, op);
+    const int64_t n = w.size(0), k = w.size(1);
+    bind();
+    const __nv_bfloat16* b = bias ? bf16_in(*bias) : nullptr;
+    if (tokens <= gemv_max_tokens_) {
+      cuda::GemvCall c;
+      c.x = bf16_in(x), c.w = bf16_in(w), c.bias = b, c.out = bf16_out(out), c.tokens = tokens, c.n = n, c.k = k;
+      c.add_to_out = accumulate;
+      if (cuda::small_batch_gemv(c, stream_)) return;
+    }
+    gemm_->linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_, accumulate);
+  }
+
+  // silu_mul(gate_up) · wᵀ into out (or added to it) by the GEMV, where it takes the call.
+  bool gated_gemv(const Tensor& gate_up, const Tensor& w, const Tensor& out, bool accumulate, const char* op) {
+    const int64_t width = gate_up.rank() >= 1 ? gate_up.size(-1) : 0;
+    const int64_t tokens = width > 0 ? gate_up.numel() / width : 0;
+    if (tokens < 1 || tokens > gemv_max_tokens_) return false;
+    require_bf16(gate_up, op);
+    require_bf16(w, op);
+    require_bf16(out, op);
+    require(w.rank() == 2 && 2 * w.size(1) == width && out.numel() == tokens * w.size(0), op,
+            "gate_up " + gate_up.describe() + ", w " + w.describe() + ", out " + out.describe());
+    bind();
+    cuda::GemvCall c;
+    c.x = bf16_in(gate_up), c.w = bf16_in(w), c.out = bf16_out(out), c.tokens = tokens, c.n = w.size(0), c.k = w.size(1);
+    c.input = cuda::GemvInput::silu_mul, c.add_to_out = accumulate;
+    return cuda::small_batch_gemv(c, stream_);
   }
 
   int device_;

@@ -1,18 +1,26 @@
 #include "kernels/gemv.cuh"
 
+#include <algorithm>
 #include <cstdint>
+
+#include "kernels/common.cuh"
 
 namespace troupe::cuda {
 namespace {
 
-using bf16 = __nv_bfloat16;
-
 constexpr int kWarps = 8;        // per block
+constexpr int kThreads = kWarps * 32;
 constexpr int kVec = 8;          // bf16 per 16-byte load
+constexpr int kRmsMaxThreads = 512;  // kernels/rmsnorm.cu's largest block
 
 struct alignas(16) Vec8 {
   __nv_bfloat162 h[4];
 };
+
+__device__ __forceinline__ Vec8 load_vec(const bf16* p) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));  // read-only path
+  return *reinterpret_cast<const Vec8*>(&raw);
+}
 
 __device__ __forceinline__ void accumulate(const Vec8& w, const Vec8& x, float& acc) {
 #pragma unroll
@@ -37,53 +45,161 @@ __device__ __forceinline__ Vec8 silu_mul8(const Vec8& g, const Vec8& u) {
   return r;
 }
 
-// 16-byte loads in flight per lane: enough at one row and one token to cover the memory latency
-// with few warps per SM (the o and down projections of a small model have ~1000 rows), fewer where
-// rows and tokens multiply the registers each step holds.
+struct Params {
+  const bf16* x;
+  const bf16* w;
+  const bf16* bias;
+  bf16* out;  // may be read too (add_to_out): no __restrict__
+  const bf16* norm_weight;
+  float eps;
+  int64_t n, k;
+  int rms_threads;  // rms_norm input: the threads kernels/rmsnorm.cu would give a row of k
+};
+
+// rms_norm input: 1 / rms of each token's row, with the very sums kernels/rmsnorm.cu makes (its
+// thread i takes vectors i, i + rms_threads, …; a butterfly within each warp; warp 0 adds the warps'
+// sums in order), so the normalised values are bit for bit those of the rms_norm kernel. This block
+// has fewer threads than that kernel may have: thread t plays its threads t and t + kThreads.
+template <int TOKENS>
+__device__ void rms_scales(const Params& p, float (&inv_rms)[TOKENS]) {
+  __shared__ float partial[TOKENS][kRmsMaxThreads / 32];
+  const int64_t vecs = p.k / kVec;
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int t = 0; t < TOKENS; ++t) {
+#pragma unroll
+    for (int half = 0; half < kRmsMaxThreads / kThreads; ++half) {
+      const int vt = threadIdx.x + half * kThreads;
+      if (half * kThreads >= p.rms_threads) break;  // the same for the whole block
+      float sum_sq = 0.0f;
+      if (vt < p.rms_threads) {
+        for (int64_t v = vt; v < vecs; v += p.rms_threads) {
+          const Vec8 x = load_vec(p.x + t * p.k + v * kVec);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float2 f = __bfloat1622float2(x.h[i]);
+            sum_sq += f.x * f.x;
+            sum_sq += f.y * f.y;
+          }
+        }
+      }
+      sum_sq = warp_sum(sum_sq);
+      if (lane == 0 && vt < p.rms_threads) partial[t][vt >> 5] = sum_sq;
+    }
+  }
+  __syncthreads();
+  const int warps = p.rms_threads / 32;
+#pragma unroll
+  for (int t = 0; t < TOKENS; ++t) {
+    float v = lane < warps ? partial[t][lane] : 0.0f;
+    v = warp_sum(v);
+    inv_rms[t] = rsqrtf(v / static_cast<float>(p.k) + p.eps);
+  }
+}
+
+// Vectors of 16 bytes held in registers per lane and row before the wait: the first loads of the
+// weight, issued while the previous kernel still runs. More rows or tokens per warp leave fewer
+// registers for them.
+template <int TOKENS, int ROWS>
+constexpr int kPrefetch = ROWS >= 4 ? 2 : TOKENS <= 2 ? 8 : 4;
+
+// 16-byte loads in flight per lane after the prefetched ones: enough at one row and one token to
+// cover the memory latency with few warps per SM, fewer where rows and tokens multiply registers.
 template <int TOKENS, int ROWS>
 constexpr int kUnroll = ROWS * TOKENS >= 8 ? 1 : 8 / (ROWS * TOKENS);
 
 // One warp per ROWS consecutive rows of w (four for a wide layer at one or two tokens, else one);
 // lanes stride along k by 16-byte vectors, each keeping TOKENS × ROWS partial sums, then a butterfly
-// sums the lanes. x is small (at most 8 rows) and read by every warp, from L1/L2. GATED: x is
-// gate_up [TOKENS, 2k]; the block first computes its activation rows into shared memory (once per
-// block rather than once per warp: the exponentials would otherwise cost as much as the loads).
-template <int TOKENS, int ROWS, bool GATED>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                                           const bf16* __restrict__ bias, bf16* __restrict__ out,
-                                                           int64_t n, int64_t k) {
-  extern __shared__ Vec8 staged[];  // GATED: [TOKENS][k / 8]
-  const int64_t vecs = k / kVec;
-  if constexpr (GATED) {
-    for (int64_t i = threadIdx.x; i < TOKENS * vecs; i += blockDim.x) {
-      const int64_t t = i / vecs, v = i % vecs;
-      const Vec8* row = reinterpret_cast<const Vec8*>(x + t * 2 * k);
-      staged[i] = silu_mul8(row[v], row[vecs + v]);
-    }
-    __syncthreads();
-  }
+// sums the lanes. A plain x is small (at most 8 rows) and read by every warp, from L1/L2; a computed
+// input (rms_norm, silu_mul) is computed once per block into shared memory.
+template <int TOKENS, int ROWS, GemvInput IN, bool ADD>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
+  extern __shared__ Vec8 staged[];  // computed input: [TOKENS][k / 8]
+  const int64_t vecs = p.k / kVec;
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t row0 = warp * ROWS;
-  if (row0 >= n) return;
+  const bool has_rows = row0 < p.n;
+
+  constexpr int P = kPrefetch<TOKENS, ROWS>;
+  Vec8 early[P][ROWS];
+  if (has_rows) {
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int64_t v = lane + 32 * i;
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const int64_t row = row0 + r < p.n ? row0 + r : p.n - 1;  // past the end: read a real row, drop it below
+        if (v < vecs) early[i][r] = load_vec(p.w + row * p.k + v * kVec);
+      }
+    }
+  }
+  let_next_kernel_start();
+  wait_for_previous_kernel();
+
+  if constexpr (IN == GemvInput::rms_norm) {
+    float inv_rms[TOKENS];
+    rms_scales<TOKENS>(p, inv_rms);
+    for (int64_t i = threadIdx.x; i < TOKENS * vecs; i += kThreads) {
+      const int t = static_cast<int>(i / vecs);
+      const Vec8 x = load_vec(p.x + i * kVec), g = load_vec(p.norm_weight + (i % vecs) * kVec);
+      Vec8 r;
+      float scale = inv_rms[0];
+#pragma unroll
+      for (int u = 1; u < TOKENS; ++u)
+        if (t == u) scale = inv_rms[u];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 xf = __bfloat1622float2(x.h[j]), gf = __bfloat1622float2(g.h[j]);
+        r.h[j] = __floats2bfloat162_rn(gf.x * (xf.x * scale), gf.y * (xf.y * scale));
+      }
+      staged[i] = r;
+    }
+    __syncthreads();
+  } else if constexpr (IN == GemvInput::silu_mul) {
+    for (int64_t i = threadIdx.x; i < TOKENS * vecs; i += kThreads) {
+      const int64_t t = i / vecs, v = i % vecs;
+      const bf16* row = p.x + t * 2 * p.k;
+      staged[i] = silu_mul8(load_vec(row + v * kVec), load_vec(row + (vecs + v) * kVec));
+    }
+    __syncthreads();
+  }
+  if (!has_rows) return;
+
+  auto input = [&](int t, int64_t v) {
+    if constexpr (IN == GemvInput::plain)
+      return *reinterpret_cast<const Vec8*>(p.x + t * p.k + v * kVec);
+    else
+      return staged[t * vecs + v];
+  };
   float acc[ROWS][TOKENS];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
     for (int t = 0; t < TOKENS; ++t) acc[r][t] = 0.0f;
 
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    const int64_t v = lane + 32 * i;
+    if (v < vecs) {
+#pragma unroll
+      for (int t = 0; t < TOKENS; ++t) {
+        const Vec8 xv = input(t, v);
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) accumulate(early[i][r], xv, acc[r][t]);
+      }
+    }
+  }
 #pragma unroll kUnroll<TOKENS, ROWS>
-  for (int64_t v = lane; v < vecs; v += 32) {
+  for (int64_t v = lane + 32 * P; v < vecs; v += 32) {
     Vec8 xv[TOKENS];
 #pragma unroll
-    for (int t = 0; t < TOKENS; ++t)
-      xv[t] = GATED ? staged[t * vecs + v] : reinterpret_cast<const Vec8*>(x + t * k)[v];
+    for (int t = 0; t < TOKENS; ++t) xv[t] = input(t, v);
     Vec8 wv[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-      const int64_t row = row0 + r < n ? row0 + r : n - 1;  // past the end: read a real row, drop it below
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w + row * k) + v);  // read-only path
-      wv[r] = *reinterpret_cast<const Vec8*>(&raw);
+      const int64_t row = row0 + r < p.n ? row0 + r : p.n - 1;
+      wv[r] = load_vec(p.w + row * p.k + v * kVec);
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
@@ -94,9 +210,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16* __restric
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int t = 0; t < TOKENS; ++t)
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], offset);
+    for (int t = 0; t < TOKENS; ++t) acc[r][t] = warp_sum(acc[r][t]);
 
   if (lane < ROWS * TOKENS) {
     // Lane (r, t) writes one output; the compile-time indices keep acc in registers.
@@ -112,19 +226,24 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const bf16* __restric
           t_of_lane = t;
         }
     const int64_t row = row0 + r_of_lane;
-    if (row < n) {
-      if (bias) value += __bfloat162float(bias[row]);
-      out[t_of_lane * n + row] = __float2bfloat16(value);
+    if (row < p.n) {
+      if (p.bias) value += __bfloat162float(p.bias[row]);
+      bf16* const o = p.out + t_of_lane * p.n + row;
+      if constexpr (ADD)
+        *o = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(value)) + __bfloat162float(*o));
+      else
+        *o = __float2bfloat16(value);
     }
   }
 }
 
-template <int TOKENS, int ROWS, bool GATED>
-void launch_rows(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t n, int64_t k, cudaStream_t stream) {
-  const int64_t warps = (n + ROWS - 1) / ROWS;
+template <int TOKENS, int ROWS, GemvInput IN, bool ADD>
+void launch_rows(const Params& p, cudaStream_t stream) {
+  const int64_t warps = (p.n + ROWS - 1) / ROWS;
   const auto blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
-  const size_t smem = GATED ? static_cast<size_t>(TOKENS * k) * sizeof(bf16) : 0;
-  gemv_kernel<TOKENS, ROWS, GATED><<<blocks, kWarps * 32, smem, stream>>>(x, w, bias, out, n, k);
+  const size_t smem = IN == GemvInput::plain ? 0 : static_cast<size_t>(TOKENS * p.k) * sizeof(bf16);
+  launch_overlapped(gemv_kernel<TOKENS, ROWS, IN, ADD>, dim3(blocks), dim3(kThreads), smem, stream, p);
+  TROUPE_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 
 // Four rows per warp where that still gives every SM (132 on an H100 SXM) two blocks, and only at
@@ -132,46 +251,61 @@ void launch_rows(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int6
 constexpr int64_t kBlocksWanted = 264;
 constexpr int64_t kMaxStagedBytes = 48 * 1024;
 
-template <int TOKENS, bool GATED>
-void launch(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t n, int64_t k, cudaStream_t stream) {
-  if (TOKENS <= 2 && n >= kBlocksWanted * kWarps * 4)
-    launch_rows<TOKENS, 4, GATED>(x, w, bias, out, n, k, stream);
+template <int TOKENS, GemvInput IN, bool ADD>
+void launch(const Params& p, cudaStream_t stream) {
+  if (TOKENS <= 2 && p.n >= kBlocksWanted * kWarps * 4)
+    launch_rows<TOKENS, 4, IN, ADD>(p, stream);
   else
-    launch_rows<TOKENS, 1, GATED>(x, w, bias, out, n, k, stream);
+    launch_rows<TOKENS, 1, IN, ADD>(p, stream);
 }
 
-template <bool GATED>
-bool dispatch(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t tokens, int64_t n, int64_t k,
-              cudaStream_t stream) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (tokens < 1 || tokens > kGemvMaxTokens || n < 1 || k < kVec || k % kVec != 0 || !aligned(x) || !aligned(w))
-    return false;
-  // The staged activations must fit the shared memory a block gets without opting in.
-  if (GATED && tokens * k * static_cast<int64_t>(sizeof(bf16)) > kMaxStagedBytes) return false;
-  static_assert(4 * kGemvMaxTokens <= 32, "one lane writes each of a warp's outputs");
+template <GemvInput IN, bool ADD>
+void dispatch(const Params& p, int64_t tokens, cudaStream_t stream) {
   switch (tokens) {
-    case 1: launch<1, GATED>(x, w, bias, out, n, k, stream); break;
-    case 2: launch<2, GATED>(x, w, bias, out, n, k, stream); break;
-    case 3: launch<3, GATED>(x, w, bias, out, n, k, stream); break;
-    case 4: launch<4, GATED>(x, w, bias, out, n, k, stream); break;
-    case 5: launch<5, GATED>(x, w, bias, out, n, k, stream); break;
-    case 6: launch<6, GATED>(x, w, bias, out, n, k, stream); break;
-    case 7: launch<7, GATED>(x, w, bias, out, n, k, stream); break;
-    case 8: launch<8, GATED>(x, w, bias, out, n, k, stream); break;
+    case 1: return launch<1, IN, ADD>(p, stream);
+    case 2: return launch<2, IN, ADD>(p, stream);
+    case 3: return launch<3, IN, ADD>(p, stream);
+    case 4: return launch<4, IN, ADD>(p, stream);
+    case 5: return launch<5, IN, ADD>(p, stream);
+    case 6: return launch<6, IN, ADD>(p, stream);
+    case 7: return launch<7, IN, ADD>(p, stream);
+    case 8: return launch<8, IN, ADD>(p, stream);
   }
-  return true;
+}
+
+template <GemvInput IN>
+void dispatch_add(const Params& p, int64_t tokens, bool add, cudaStream_t stream) {
+  if (add)
+    dispatch<IN, true>(p, tokens, stream);
+  else
+    dispatch<IN, false>(p, tokens, stream);
 }
 
 }  // namespace
 
-bool small_batch_linear(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t tokens, int64_t n, int64_t k,
-                        cudaStream_t stream) {
-  return dispatch<false>(x, w, bias, out, tokens, n, k, stream);
+bool small_batch_gemv(const GemvCall& c, cudaStream_t stream) {
+  if (c.tokens < 1 || c.tokens > kGemvMaxTokens || c.n < 1 || c.k < kVec || c.k % kVec != 0 || !is_aligned(c.x, 16) ||
+      !is_aligned(c.w, 16))
+    return false;
+  // A computed input must fit the shared memory a block gets without opting in.
+  if (c.input != GemvInput::plain && c.tokens * c.k * static_cast<int64_t>(sizeof(bf16)) > kMaxStagedBytes) return false;
+  if (c.input == GemvInput::rms_norm && (c.norm_weight == nullptr || !is_aligned(c.norm_weight, 16))) return false;
+  static_assert(4 * kGemvMaxTokens <= 32, "one lane writes each of a warp's outputs");
+  static_assert(kRmsMaxThreads % kThreads == 0);
+  Params p{c.x, c.w, c.bias, c.out, c.norm_weight, c.eps, c.n, c.k, block_threads(c.k / kVec, kRmsMaxThreads)};
+  switch (c.input) {
+    case GemvInput::plain: dispatch_add<GemvInput::plain>(p, c.tokens, c.add_to_out, stream); break;
+    case GemvInput::rms_norm: dispatch_add<GemvInput::rms_norm>(p, c.tokens, c.add_to_out, stream); break;
+    case GemvInput::silu_mul: dispatch_add<GemvInput::silu_mul>(p, c.tokens, c.add_to_out, stream); break;
+  }
+  return true;
 }
 
-bool small_batch_silu_mul_linear(const bf16* gate_up, const bf16* w, bf16* out, int64_t tokens, int64_t n, int64_t k,
-                                 cudaStream_t stream) {
-  return dispatch<true>(gate_up, w, nullptr, out, tokens, n, k, stream);
+bool small_batch_linear(const bf16* x, const bf16* w, const bf16* bias, bf16* out, int64_t tokens, int64_t n, int64_t k,
+                        cudaStream_t stream) {
+  GemvCall c;
+  c.x = x, c.w = w, c.bias = bias, c.out = out, c.tokens = tokens, c.n = n, c.k = k;
+  return small_batch_gemv(c, stream);
 }
 
 }  // namespace troupe::cuda

@@ -1,6 +1,9 @@
 // Linear layers of a few tokens (decode at small batch) as a bandwidth-bound GEMV (kernels/gemv.cu):
 // at 1–8 tokens a GEMM reads every weight once and does almost no math, so the kernel that streams
-// the weight at the memory's rate wins, and cuBLASLt's tensor-core tiles mostly pad.
+// the weight at the memory's rate wins, and cuBLASLt's tensor-core tiles mostly pad. Being ours, it
+// also takes in the small ops around a projection (the RMSNorm before it, the SwiGLU activation, the
+// residual add after it), and starts reading its weight while the kernel before it still runs
+// (programmatic dependent launch, kernels/common.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,19 +13,38 @@
 
 namespace troupe::cuda {
 
-// The most tokens small_batch_linear takes.
+// The most tokens small_batch_gemv takes.
 constexpr int64_t kGemvMaxTokens = 8;
 
-// out[t, n] = x[t, :] · w[n, :] (+ bias[n]) for t < tokens ≤ kGemvMaxTokens, like Gemm::linear: bf16
-// in and out, f32 sums. Takes only what it handles well — k a multiple of 8 and x, w 16-byte aligned
-// (rows of w and x then start aligned too) — and returns false, launching nothing, otherwise.
+// What the projection reads as its input rows.
+enum class GemvInput {
+  plain,     // x [tokens, k] as it is
+  rms_norm,  // rms_norm(x) · norm_weight, computed as kernels/rmsnorm.cu computes it (same bf16 values)
+  silu_mul,  // silu(x[:, :k]) · x[:, k:] of x [tokens, 2k], as kernels/activation.cu's silu_mul rounds it
+};
+
+// out[t, n] = in(x)[t, :] · w[n, :] (+ bias[n]) for t < tokens ≤ kGemvMaxTokens, like Gemm::linear:
+// bf16 in and out, f32 sums. add_to_out: out[t, n] += that value instead (the residual stream: the
+// projection rounded to bf16 first, then the sum, as linear followed by add computes it).
+struct GemvCall {
+  const __nv_bfloat16* x = nullptr;
+  const __nv_bfloat16* w = nullptr;
+  const __nv_bfloat16* bias = nullptr;
+  __nv_bfloat16* out = nullptr;
+  int64_t tokens = 0, n = 0, k = 0;
+  GemvInput input = GemvInput::plain;
+  const __nv_bfloat16* norm_weight = nullptr;  // rms_norm: [k]
+  float eps = 0.0f;
+  bool add_to_out = false;
+};
+
+// Takes only what it handles well — k a multiple of 8, x, w (and norm_weight) 16-byte aligned, a
+// staged input (rms_norm, silu_mul) of at most 48 KB — and returns false, launching nothing,
+// otherwise.
+bool small_batch_gemv(const GemvCall& call, cudaStream_t stream);
+
+// The plain projection: small_batch_gemv of {x, w, bias, out, tokens, n, k}.
 bool small_batch_linear(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, __nv_bfloat16* out,
                         int64_t tokens, int64_t n, int64_t k, cudaStream_t stream);
-
-// out[t, n] = silu_mul(gate_up)[t, :] · w[n, :] with gate_up [tokens, 2k] ([gate | up] per row): the
-// SwiGLU activation computed while the down projection reads it, one kernel instead of two, and the
-// same bf16 values silu_mul followed by small_batch_linear give. Same conditions and result.
-bool small_batch_silu_mul_linear(const __nv_bfloat16* gate_up, const __nv_bfloat16* w, __nv_bfloat16* out,
-                                 int64_t tokens, int64_t n, int64_t k, cudaStream_t stream);
 
 }  // namespace troupe::cuda

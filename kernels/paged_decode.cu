@@ -69,6 +69,8 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y / p.row_tiles, row_tile = blockIdx.y % p.row_tiles;
   const int seq = blockIdx.z;
+  let_next_kernel_start();
+  wait_for_previous_kernel();
   const int ctx = p.context_lens[seq];
   const int k_begin = split * p.split_keys;
   if (k_begin >= ctx) return;  // nothing of this sequence here; the combine kernel skips the split
@@ -214,6 +216,8 @@ __global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const D
   __shared__ float red[kCombineThreads / warp_size];
   __shared__ float part_sum[kCombineThreads * 4];
   const int head = blockIdx.x, seq = blockIdx.y;
+  let_next_kernel_start();
+  wait_for_previous_kernel();
   const int ctx = p.context_lens[seq];
   const int n = min(p.num_splits, (ctx + p.split_keys - 1) / p.split_keys);
   const int64_t first = (static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits;
@@ -350,11 +354,11 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
 
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(a.num_kv_heads * p.row_tiles),
                   static_cast<unsigned>(a.num_seqs));
-  paged_decode_kernel<D><<<grid, kThreads, smem, stream>>>(p);
+  launch_overlapped(paged_decode_kernel<D>, grid, dim3(kThreads), static_cast<size_t>(smem), stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
   if (p.num_splits > 1) {
-    combine_splits_kernel<D><<<dim3(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(a.num_seqs)),
-                               kCombineThreads, p.num_splits * sizeof(float), stream>>>(p);
+    launch_overlapped(combine_splits_kernel<D>, dim3(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(a.num_seqs)),
+                      dim3(kCombineThreads), p.num_splits * sizeof(float), stream, p);
     TROUPE_CUDA_CHECK_LAUNCH(combine_splits_kernel);
   }
 }

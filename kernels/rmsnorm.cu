@@ -53,6 +53,8 @@ __global__ void __launch_bounds__(max_threads)
   bf16* residual_row = kAddResidual ? residual + offset : nullptr;
   bf16* out_row = out + offset;
   const int stride = blockDim.x * kVec;
+  let_next_kernel_start();
+  wait_for_previous_kernel();
 
   float sum_sq = 0.0f;
   for (int i = threadIdx.x * kVec; i < width; i += stride) {
@@ -97,12 +99,12 @@ void launch(bf16* residual, const bf16* x, const bf16* weight, bf16* out, int64_
   const dim3 grid(static_cast<unsigned>(rows));
   const int w = static_cast<int>(width);
   if (vectorised) {
-    rms_norm_kernel<8, kAddResidual>
-        <<<grid, block_threads(width / 8, max_threads), 0, stream>>>(residual, x, weight, out, w, eps);
+    launch_overlapped(rms_norm_kernel<8, kAddResidual>, grid, dim3(block_threads(width / 8, max_threads)), 0, stream,
+                      residual, x, weight, out, w, eps);
     TROUPE_CUDA_CHECK_LAUNCH(rms_norm_kernel<8>);
   } else {
-    rms_norm_kernel<1, kAddResidual>
-        <<<grid, block_threads(width, max_threads), 0, stream>>>(residual, x, weight, out, w, eps);
+    launch_overlapped(rms_norm_kernel<1, kAddResidual>, grid, dim3(block_threads(width, max_threads)), 0, stream,
+                      residual, x, weight, out, w, eps);
     TROUPE_CUDA_CHECK_LAUNCH(rms_norm_kernel<1>);
   }
 }

@@ -11,7 +11,9 @@
 namespace troupe::cuda {
 namespace {
 
-constexpr int threads = 128;
+// One round over a small model's heads (qwen3-0.6b: 24 heads × 8 vectors): a decode step's token is
+// one block, whose time is its chain of dependent loads.
+constexpr int threads = 256;
 
 template <int kVec>
 struct Lane;
@@ -63,6 +65,9 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
   const int slot = a.slot_mapping[t];
   const bool rotate = pos >= 0 && pos < a.max_positions;
   const bool cache = slot >= 0 && slot < a.num_slots;
+  // Positions and slots are step inputs, copied in before the step's first kernel: read before the wait.
+  let_next_kernel_start();
+  wait_for_previous_kernel();
 
   const int groups = half / kVec;  // vectors per half head
   const int items = (a.num_heads + a.num_kv_heads) * groups;
@@ -73,6 +78,17 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
     const int h = active ? item / groups : 0, i = active ? (item - h * groups) * kVec : 0;
     bf16* const x = row + h * d + i;
     float x1[kVec], x2[kVec], y1[kVec], y2[kVec];
+    // The loads that do not depend on x first, so that all of them are in flight at once.
+    float c[kVec], s[kVec], g1[kVec], g2[kVec];
+    if (active && rotate) {
+      L::load(a.cos + static_cast<int64_t>(pos) * half + i, c);
+      L::load(a.sin + static_cast<int64_t>(pos) * half + i, s);
+    }
+    if (NORM && active) {
+      const bf16* const w = h < a.num_heads ? a.q_norm : a.k_norm;
+      L::load(w + i, g1);
+      L::load(w + half + i, g2);
+    }
     if (active) {
       L::load(x, x1);
       L::load(x + half, x2);
@@ -87,10 +103,6 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
       for (int offset = groups / 2; offset > 0; offset /= 2) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
       const float inv_rms = rsqrtf(sum_sq / static_cast<float>(d) + a.norm_eps);
       if (active) {
-        const bf16* const w = h < a.num_heads ? a.q_norm : a.k_norm;
-        float g1[kVec], g2[kVec];
-        L::load(w + i, g1);
-        L::load(w + half + i, g2);
 #pragma unroll
         for (int j = 0; j < kVec; ++j) {
           x1[j] = __bfloat162float(__float2bfloat16_rn(g1[j] * (x1[j] * inv_rms)));
@@ -100,9 +112,6 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
     }
     if (!active) continue;
     if (rotate) {
-      float c[kVec], s[kVec];
-      L::load(a.cos + static_cast<int64_t>(pos) * half + i, c);
-      L::load(a.sin + static_cast<int64_t>(pos) * half + i, s);
       // Separately rounded products and sums (no FMA contraction), as the f32 CPU reference computes
       // them, so both round to the same bf16.
 #pragma unroll
@@ -147,17 +156,17 @@ void rope_store_kv(const RopeStoreArgs& a, cudaStream_t stream) {
   // head_dim 16, 32, 64, 128 or 256.
   if (norm && vectorised && aligned(a.q_norm, 16) && aligned(a.k_norm, 16) && (groups & (groups - 1)) == 0 &&
       groups <= 32) {
-    rope_store_kv_kernel<8, true><<<grid, threads, 0, stream>>>(a);
+    launch_overlapped(rope_store_kv_kernel<8, true>, grid, dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
     return;
   }
   if (norm)
     qk_norm(a.qkv, a.num_tokens, a.num_heads, a.num_kv_heads, a.head_dim, a.q_norm, a.k_norm, a.norm_eps, stream);
   if (vectorised) {
-    rope_store_kv_kernel<8, false><<<grid, threads, 0, stream>>>(a);
+    launch_overlapped(rope_store_kv_kernel<8, false>, grid, dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
   } else {
-    rope_store_kv_kernel<1, false><<<grid, threads, 0, stream>>>(a);
+    launch_overlapped(rope_store_kv_kernel<1, false>, grid, dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
   }
 }

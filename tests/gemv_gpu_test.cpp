@@ -1,6 +1,7 @@
 // kernels/gemv.cu against a CPU dot product in f32 over the same bf16 values: every token count it
 // takes (1–8), the one-row and four-row warp shapes, row counts that leave a partial warp, bias or
-// none; and it declines, launching nothing, what it does not handle (k not a multiple of 8,
+// none; its fused inputs (RMSNorm, SwiGLU) and residual add bit for bit against the kernels they
+// replace; and it declines, launching nothing, what it does not handle (k not a multiple of 8,
 // misaligned pointers, more than 8 tokens), so the caller falls back to cuBLASLt.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -12,7 +13,9 @@
 
 #include "kernels/activation.cuh"
 #include "kernels/cuda_backend.hpp"
+#include "kernels/elementwise.cuh"
 #include "kernels/gemv.cuh"
+#include "kernels/rmsnorm.cuh"
 #include "tests/gpu_compare.hpp"
 
 namespace troupe {
@@ -96,8 +99,10 @@ TEST(GemvGpu, FusedSiluMulLinearEqualsTheTwoKernels) {
     cudaMemcpy(dg.p, gate_up.data(), gate_up.size() * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(dw.p, w.data(), w.size() * 2, cudaMemcpyHostToDevice);
     cudaMemset(d1.p, 0xff, c.tokens * c.n * 2);
-    ASSERT_TRUE(cuda::small_batch_silu_mul_linear(dg.as<__nv_bfloat16>(), dw.as<__nv_bfloat16>(),
-                                                  d1.as<__nv_bfloat16>(), c.tokens, c.n, c.k, nullptr));
+    cuda::GemvCall call;
+    call.x = dg.as<__nv_bfloat16>(), call.w = dw.as<__nv_bfloat16>(), call.out = d1.as<__nv_bfloat16>();
+    call.tokens = c.tokens, call.n = c.n, call.k = c.k, call.input = cuda::GemvInput::silu_mul;
+    ASSERT_TRUE(cuda::small_batch_gemv(call, nullptr));
     cuda::silu_mul(dg.as<__nv_bfloat16>(), dact.as<__nv_bfloat16>(), c.tokens, c.k, nullptr);
     ASSERT_TRUE(cuda::small_batch_linear(dact.as<__nv_bfloat16>(), dw.as<__nv_bfloat16>(), nullptr,
                                          d2.as<__nv_bfloat16>(), c.tokens, c.n, c.k, nullptr));
@@ -109,9 +114,98 @@ TEST(GemvGpu, FusedSiluMulLinearEqualsTheTwoKernels) {
   }
   // More activation than a block's shared memory without opting in: declined, for the two kernels.
   DeviceBuffer buf(1 << 20);
-  EXPECT_FALSE(cuda::small_batch_silu_mul_linear(buf.as<__nv_bfloat16>(), buf.as<__nv_bfloat16>(), buf.as<__nv_bfloat16>(),
-                                                 2, 16, 14336, nullptr));
+  cuda::GemvCall big;
+  big.x = big.w = buf.as<__nv_bfloat16>(), big.out = buf.as<__nv_bfloat16>();
+  big.tokens = 2, big.n = 16, big.k = 14336, big.input = cuda::GemvInput::silu_mul;
+  EXPECT_FALSE(cuda::small_batch_gemv(big, nullptr));
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+std::vector<uint16_t> download(const DeviceBuffer& d, int64_t n) {
+  std::vector<uint16_t> out(static_cast<size_t>(n));
+  cudaMemcpy(out.data(), d.p, out.size() * 2, cudaMemcpyDeviceToHost);
+  return out;
+}
+
+// The RMSNorm computed in the projection's blocks gives bit for bit what the rms_norm kernel and then
+// the GEMV give: the same sums in the same order (for k = 4096 and 3072 the norm kernel has more
+// threads than the GEMV's block, which plays them), the same rounding.
+TEST(GemvGpu, FusedRmsNormLinearEqualsTheTwoKernels) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: run on the GPU machine";
+  struct Case {
+    int64_t tokens, n, k;
+  };
+  // qwen3-0.6b's qkv, llama-3.1-8b's, a 3072-wide norm with four rows per warp, tokens of odd
+  // widths, and the most tokens.
+  const Case cases[] = {{1, 4096, 1024}, {1, 6144, 4096}, {2, 9000, 3072}, {3, 300, 2048}, {1, 37, 264}, {8, 64, 1024}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE("tokens " + std::to_string(c.tokens) + ", n " + std::to_string(c.n) + ", k " + std::to_string(c.k));
+    auto x = random_bf16(c.tokens * c.k, 6), w = random_bf16(c.n * c.k, 7), g = random_bf16(c.k, 8),
+         bias = random_bf16(c.n, 9);
+    for (auto& v : g) v = f32_to_bf16(1.0f + 0.25f * bf16_to_f32(v));  // norm weights near 1, as trained ones are
+    DeviceBuffer dx(x.size() * 2), dw(w.size() * 2), dg(g.size() * 2), db(bias.size() * 2), dnormed(x.size() * 2),
+        d1(c.tokens * c.n * 2), d2(c.tokens * c.n * 2);
+    cudaMemcpy(dx.p, x.data(), x.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(dw.p, w.data(), w.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(dg.p, g.data(), g.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(db.p, bias.data(), bias.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemset(d1.p, 0xff, c.tokens * c.n * 2);
+    cuda::GemvCall fused;
+    fused.x = dx.as<__nv_bfloat16>(), fused.w = dw.as<__nv_bfloat16>(), fused.bias = db.as<__nv_bfloat16>();
+    fused.out = d1.as<__nv_bfloat16>(), fused.tokens = c.tokens, fused.n = c.n, fused.k = c.k;
+    fused.input = cuda::GemvInput::rms_norm, fused.norm_weight = dg.as<__nv_bfloat16>(), fused.eps = 1e-6f;
+    ASSERT_TRUE(cuda::small_batch_gemv(fused, nullptr));
+    cuda::rms_norm(dx.as<__nv_bfloat16>(), dg.as<__nv_bfloat16>(), dnormed.as<__nv_bfloat16>(), c.tokens, c.k, 1e-6f,
+                   nullptr);
+    ASSERT_TRUE(cuda::small_batch_linear(dnormed.as<__nv_bfloat16>(), dw.as<__nv_bfloat16>(), db.as<__nv_bfloat16>(),
+                                         d2.as<__nv_bfloat16>(), c.tokens, c.n, c.k, nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto fused_out = download(d1, c.tokens * c.n), apart = download(d2, c.tokens * c.n);
+    for (size_t i = 0; i < fused_out.size(); ++i) ASSERT_EQ(fused_out[i], apart[i]) << "output " << i;
+  }
+}
+
+// add_to_out: the residual gets what the projection and then the add kernel give it, bit for bit,
+// for a plain and a SwiGLU input.
+TEST(GemvGpu, ResidualAddEqualsLinearThenAdd) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: run on the GPU machine";
+  for (const bool gated : {false, true}) {
+    for (const int64_t tokens : {int64_t{1}, int64_t{5}}) {
+      const int64_t n = 1024, k = 2048, in_width = gated ? 2 * k : k;
+      SCOPED_TRACE(std::string(gated ? "silu_mul" : "plain") + ", tokens " + std::to_string(tokens));
+      const auto x = random_bf16(tokens * in_width, 10), w = random_bf16(n * k, 11), resid = random_bf16(tokens * n, 12),
+                 bias = random_bf16(n, 13);
+      DeviceBuffer dx(x.size() * 2), dw(w.size() * 2), db(bias.size() * 2), dact(tokens * k * 2), ddelta(tokens * n * 2),
+          d1(tokens * n * 2), d2(tokens * n * 2);
+      cudaMemcpy(dx.p, x.data(), x.size() * 2, cudaMemcpyHostToDevice);
+      cudaMemcpy(dw.p, w.data(), w.size() * 2, cudaMemcpyHostToDevice);
+      cudaMemcpy(db.p, bias.data(), bias.size() * 2, cudaMemcpyHostToDevice);
+      cudaMemcpy(d1.p, resid.data(), resid.size() * 2, cudaMemcpyHostToDevice);
+      cudaMemcpy(d2.p, resid.data(), resid.size() * 2, cudaMemcpyHostToDevice);
+      cuda::GemvCall fused;
+      fused.x = dx.as<__nv_bfloat16>(), fused.w = dw.as<__nv_bfloat16>(), fused.out = d1.as<__nv_bfloat16>();
+      fused.bias = gated ? nullptr : db.as<__nv_bfloat16>();
+      fused.tokens = tokens, fused.n = n, fused.k = k, fused.add_to_out = true;
+      fused.input = gated ? cuda::GemvInput::silu_mul : cuda::GemvInput::plain;
+      ASSERT_TRUE(cuda::small_batch_gemv(fused, nullptr));
+      const __nv_bfloat16* in = dx.as<__nv_bfloat16>();
+      if (gated) {
+        cuda::silu_mul(dx.as<__nv_bfloat16>(), dact.as<__nv_bfloat16>(), tokens, k, nullptr);
+        in = dact.as<__nv_bfloat16>();
+      }
+      ASSERT_TRUE(cuda::small_batch_linear(in, dw.as<__nv_bfloat16>(), fused.bias, ddelta.as<__nv_bfloat16>(), tokens, n,
+                                           k, nullptr));
+      cuda::add(ddelta.as<__nv_bfloat16>(), d2.as<__nv_bfloat16>(), tokens * n, nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const auto fused_out = download(d1, tokens * n), apart = download(d2, tokens * n);
+      int64_t changed = 0;
+      for (size_t i = 0; i < fused_out.size(); ++i) {
+        ASSERT_EQ(fused_out[i], apart[i]) << "output " << i;
+        changed += fused_out[i] != resid[i];
+      }
+      EXPECT_GT(changed, tokens * n / 2) << "the residual should have moved";
+    }
+  }
 }
 
 TEST(GemvGpu, DeclinesWhatItDoesNotHandle) {
