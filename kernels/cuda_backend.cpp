@@ -288,7 +288,7 @@ class CudaBackend final : public Backend {
     const char* op = "rms_norm_linear";
     const int64_t k = w.rank() == 2 ? w.size(1) : 0;
     const int64_t tokens = k > 0 ? x.numel() / k : 0;
-    if (tokens >= 1 && tokens <= gemv_max_tokens_) {
+    if (tokens >= 1 && use_gemv(tokens, w)) {
       check_projection(x, w, bias, out, op);
       require_bf16(norm_weight, op);
       require(norm_weight.numel() == k, op, "norm weight " + norm_weight.describe() + " for w " + w.describe());
@@ -609,7 +609,7 @@ class CudaBackend final : public Backend {
     const int64_t n = w.size(0), k = w.size(1);
     bind();
     const __nv_bfloat16* b = bias ? bf16_in(*bias) : nullptr;
-    if (tokens <= gemv_max_tokens_) {
+    if (use_gemv(tokens, w)) {
       cuda::GemvCall c;
       c.x = bf16_in(x), c.w = bf16_in(w), c.bias = b, c.out = bf16_out(out), c.tokens = tokens, c.n = n, c.k = k;
       c.add_to_out = accumulate;
@@ -618,11 +618,20 @@ class CudaBackend final : public Backend {
     gemm_->linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_, accumulate);
   }
 
+  // Whether a projection of `tokens` rows goes to kernels/gemv.cu (with what it fuses) rather than
+  // cuBLASLt: at a few tokens, and for weights up to kGemvMaxWeightBytes. Beyond, cuBLASLt streams a
+  // weight as fast (llama-3.1-8b's batch-1 step: 6.12 ms with cuBLASLt, 6.40 with the GEMV on an
+  // H100) and the fused SwiGLU would recompute a 14336-wide activation in each of 512 blocks.
+  static constexpr int64_t kGemvMaxWeightBytes = 24 << 20;
+  bool use_gemv(int64_t tokens, const Tensor& w) const {
+    return tokens <= gemv_max_tokens_ && w.rank() == 2 && w.size(0) * w.size(1) * 2 <= kGemvMaxWeightBytes;
+  }
+
   // silu_mul(gate_up) · wᵀ into out (or added to it) by the GEMV, where it takes the call.
   bool gated_gemv(const Tensor& gate_up, const Tensor& w, const Tensor& out, bool accumulate, const char* op) {
     const int64_t width = gate_up.rank() >= 1 ? gate_up.size(-1) : 0;
     const int64_t tokens = width > 0 ? gate_up.numel() / width : 0;
-    if (tokens < 1 || tokens > gemv_max_tokens_) return false;
+    if (tokens < 1 || !use_gemv(tokens, w)) return false;
     require_bf16(gate_up, op);
     require_bf16(w, op);
     require_bf16(out, op);
@@ -638,14 +647,14 @@ class CudaBackend final : public Backend {
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
-  // Linear layers (and the fused SwiGLU + down projection) of at most this many tokens go through
-  // kernels/gemv.cu instead of cuBLASLt. Off by default: on an H100 it is 2–12% faster per call at one
-  // token in isolation (tools/gemv_bench.cu) but the whole batch-1 decode step was not faster, and
-  // from 4 tokens on it is slower (docs/benchmarks.md, "Small-batch GEMV").
-  // TROUPE_SMALL_BATCH_GEMV=N (0 to 8) turns it on up to N tokens, to measure.
+  // Projections of at most this many tokens go through kernels/gemv.cu (see use_gemv), with the
+  // RMSNorm before them, the SwiGLU activation and the residual add fused. One by default: at one
+  // token the fused, overlapped GEMVs made qwen3-0.6b's batch-1 step 17% shorter on an H100
+  // (docs/benchmarks.md, "Decode on an H100"); at 8 they made the batch-8 step twice as long (the
+  // one-warp-per-row layout spills registers). TROUPE_SMALL_BATCH_GEMV=N (0 to 8) sets it, to measure.
   int64_t gemv_max_tokens_ = [] {
     const char* v = std::getenv("TROUPE_SMALL_BATCH_GEMV");
-    return v ? std::clamp<int64_t>(std::atoll(v), 0, cuda::kGemvMaxTokens) : int64_t{0};
+    return v ? std::clamp<int64_t>(std::atoll(v), 0, cuda::kGemvMaxTokens) : int64_t{1};
   }();
   cuda::BlockCache blocks_;
   cuda::StagingRing staging_;

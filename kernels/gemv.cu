@@ -97,6 +97,24 @@ __device__ void rms_scales(const Params& p, float (&inv_rms)[TOKENS]) {
   }
 }
 
+// Before the wait, the first kPrefetchCtas blocks (resident in the first wave on any Hopper part)
+// each ask L2 for an equal share of the whole weight, so that blocks of later waves, which start only
+// after the previous kernel, find their rows in L2 as well. Only weights that L2 holds with room to
+// spare (it has 50 MB on an H100), and the caller sends larger ones to cuBLASLt anyway.
+constexpr int64_t kPrefetchCtas = 256;
+constexpr int64_t kL2PrefetchMaxBytes = 24 << 20;
+
+__device__ __forceinline__ void prefetch_weight_share(const Params& p) {
+  const int64_t bytes = p.n * p.k * static_cast<int64_t>(sizeof(bf16));
+  if (bytes > kL2PrefetchMaxBytes) return;
+  const int64_t sharers = min(static_cast<int64_t>(gridDim.x), kPrefetchCtas);
+  if (blockIdx.x >= sharers) return;
+  const int64_t lines = (bytes + 127) / 128, per = (lines + sharers - 1) / sharers;
+  const int64_t first = blockIdx.x * per, last = min(lines, first + per);
+  const char* const base = reinterpret_cast<const char*>(p.w);
+  for (int64_t line = first + threadIdx.x; line < last; line += kThreads) prefetch_l2(base + line * 128);
+}
+
 // Vectors of 16 bytes held in registers per lane and row before the wait: the first loads of the
 // weight, issued while the previous kernel still runs. More rows or tokens per warp leave fewer
 // registers for them.
@@ -121,6 +139,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   const int64_t row0 = warp * ROWS;
   const bool has_rows = row0 < p.n;
 
+  prefetch_weight_share(p);
   constexpr int P = kPrefetch<TOKENS, ROWS>;
   Vec8 early[P][ROWS];
   if (has_rows) {

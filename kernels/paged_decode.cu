@@ -69,14 +69,32 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y / p.row_tiles, row_tile = blockIdx.y % p.row_tiles;
   const int seq = blockIdx.z;
-  let_next_kernel_start();
-  wait_for_previous_kernel();
+  // Context lengths and block tables are step inputs, copied in before the step's first kernel.
   const int ctx = p.context_lens[seq];
   const int k_begin = split * p.split_keys;
-  if (k_begin >= ctx) return;  // nothing of this sequence here; the combine kernel skips the split
   // The last split takes whatever remains, so that a context longer than the max_context_len the
   // splits were sized for (a CUDA graph captured at another step's lengths) is still read whole.
   const int k_end = split == p.num_splits - 1 ? ctx : min(ctx, k_begin + p.split_keys);
+  const KvSource src{p.k_cache, p.v_cache, p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq,
+                     p.block_size, p.block_shift, static_cast<int64_t>(p.num_kv_heads) * D,
+                     static_cast<int64_t>(kv_head) * D};
+  // While the kernel before (rope and the cache write of this step's token) runs, ask L2 for this
+  // CTA's first keys and values: the newest slot may still change, but L2 is where that write lands
+  // too. A small grid (decode of a few sequences) takes its first 8 tiles, a large one its first tile
+  // only, so that what is asked for stays far below L2's size.
+  const int grid_ctas = static_cast<int>(gridDim.x * gridDim.y * gridDim.z);
+  const int early_keys = min(k_end - k_begin, (grid_ctas <= 64 ? 8 : 1) * kTileKeys);
+  for (int i = threadIdx.x; i < early_keys * (D / 64); i += kThreads) {
+    const int key = k_begin + i / (D / 64), part = i % (D / 64);
+    const int index = src.block_shift >= 0 ? key >> src.block_shift : key / src.block_size;
+    const int64_t slot = static_cast<int64_t>(src.table[index]) * src.block_size + (key - index * src.block_size);
+    const int64_t at = slot * src.slot_stride + src.head_offset + part * 64;
+    prefetch_l2(src.k + at);
+    prefetch_l2(src.v + at);
+  }
+  let_next_kernel_start();
+  wait_for_previous_kernel();
+  if (k_begin >= ctx) return;  // nothing of this sequence here; the combine kernel skips the split
   const int token = p.query_start[seq];
   const int g0 = row_tile * 16;
   const int rows = min(16, p.group - g0);
@@ -86,9 +104,6 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   load_q_tile<D, 16>(qs, [&](int r) { return r < rows ? q_row0 + r * D : nullptr; }, p.qkv);
   cp_async_commit();
 
-  const KvSource src{p.k_cache, p.v_cache, p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq,
-                     p.block_size, p.block_shift, static_cast<int64_t>(p.num_kv_heads) * D,
-                     static_cast<int64_t>(kv_head) * D};
   const int n_tiles = (k_end - k_begin + kTileKeys - 1) / kTileKeys;
   // The block ids of the next tile to load are fetched one tile early, so that a block table lookup
   // never sits between the previous copy and the next.
