@@ -17,8 +17,9 @@ size_t attention_workspace_floats(int sm_count) {
   // Partial outputs (head_dim floats, at most 128) plus max and sum for the 16 query rows of
   // kWorkspaceCtasPerSm CTAs per SM: about 8.8 MB on 132 SMs. Where a step would want more (many query
   // heads per kv head), the decode path takes fewer splits instead.
+  // Then the split counters (zero, and left zero by every launch), as 32-bit words.
   const size_t sms = static_cast<size_t>(sm_count > 0 ? sm_count : 132);
-  return sms * attn::kWorkspaceCtasPerSm * 16 * (128 + 2);
+  return sms * attn::kWorkspaceCtasPerSm * 16 * (128 + 2) + sms * attn::kSplitCountersPerSm;
 }
 
 namespace attn {

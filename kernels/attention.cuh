@@ -30,8 +30,9 @@ struct AttentionArgs {
   int num_kv_heads = 0;
   int head_dim = 0;
   float scale = 1.0f;
-  // Scratch for the split-context decode path (partial outputs and their max/sum); see
-  // attention_workspace_floats. The decode path uses fewer splits rather than overrun it.
+  // Scratch for the split-context decode path (partial outputs and their max/sum, then counters that
+  // must be zero before the first call); see attention_workspace_floats. The decode path uses fewer
+  // splits rather than overrun it.
   float* workspace = nullptr;
   size_t workspace_floats = 0;
   int sm_count = 132;
@@ -41,7 +42,7 @@ struct AttentionArgs {
 bool attention_supports_head_dim(int head_dim);
 
 // Floats of workspace that let the decode path split long contexts as finely as it ever wants on a
-// device of `sm_count` multiprocessors. Fixed per device, so that one allocation at first use serves
+// device of `sm_count` multiprocessors; zero it once after allocating it. Fixed per device, so that one allocation at first use serves
 // every later step (a CUDA-graph-captured step cannot allocate).
 size_t attention_workspace_floats(int sm_count);
 

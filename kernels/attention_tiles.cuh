@@ -24,12 +24,15 @@ constexpr int kStages = 2;     // prefill's stages: the next tile loads while th
 // The decode path's workspace holds partial outputs of this many CTAs per SM (of 16 query rows each);
 // its splits stay well below (about two waves of three to six resident CTAs per SM).
 constexpr int kWorkspaceCtasPerSm = 8;
-// Fewest keys worth a split of their own: below this a CTA's pipeline fill dominates. Also what keeps
-// short contexts batch-invariant: the splits depend on how many sequences share the step, and with
-// them the order of the softmax sums. At one tile (64) batch-1 decode of a 256-token context ran 1.2
-// µs a layer faster on an H100 (10.5 -> 9.3 µs), but pp2 and dp2 then no longer gave tp1's greedy
-// tokens exactly (layouts_gpu_test): not worth 3% of the step.
-constexpr int kMinSplitKeys = 256;
+// Fewest keys worth a split of their own: one tile. Splits depend on how many sequences share the
+// step, and with them the order of the softmax sums, so a context of more than one tile is not
+// batch-invariant (bf16 rounding; the layouts and decode-graph tests hold other layouts and graphs to
+// a near-tie rule for that reason). With the splits combined by the last CTA of each group (no
+// second kernel), batch-1 decode of a 256-token context takes four CTAs per kv head instead of one.
+constexpr int kMinSplitKeys = kTileKeys;
+// Split counters (one per sequence × kv head × row tile of a split launch) per SM, at the end of the
+// workspace: splits are only chosen below four waves of at most eight resident CTAs per SM.
+constexpr int kSplitCountersPerSm = 32;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // A shared-memory row of D bf16 plus 16 bytes: the 8 rows that one ldmatrix (or one quarter-warp of

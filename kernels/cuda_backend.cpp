@@ -382,6 +382,7 @@ class CudaBackend final : public Backend {
       attention_sm_count_ = sms;
       attention_workspace_ =
           allocate({static_cast<int64_t>(cuda::attention_workspace_floats(sms))}, DType::f32);
+      zero(attention_workspace_);  // the split counters at its end start at zero
     }
     cuda::AttentionArgs a;
     a.qkv = bf16_in(qkv);

@@ -97,29 +97,12 @@ __device__ void rms_scales(const Params& p, float (&inv_rms)[TOKENS]) {
   }
 }
 
-// Before the wait, the first kPrefetchCtas blocks (resident in the first wave on any Hopper part)
-// each ask L2 for an equal share of the whole weight, so that blocks of later waves, which start only
-// after the previous kernel, find their rows in L2 as well. Only weights that L2 holds with room to
-// spare (it has 50 MB on an H100), and the caller sends larger ones to cuBLASLt anyway.
-constexpr int64_t kPrefetchCtas = 256;
-constexpr int64_t kL2PrefetchMaxBytes = 24 << 20;
-
-__device__ __forceinline__ void prefetch_weight_share(const Params& p) {
-  const int64_t bytes = p.n * p.k * static_cast<int64_t>(sizeof(bf16));
-  if (bytes > kL2PrefetchMaxBytes) return;
-  const int64_t sharers = min(static_cast<int64_t>(gridDim.x), kPrefetchCtas);
-  if (blockIdx.x >= sharers) return;
-  const int64_t lines = (bytes + 127) / 128, per = (lines + sharers - 1) / sharers;
-  const int64_t first = blockIdx.x * per, last = min(lines, first + per);
-  const char* const base = reinterpret_cast<const char*>(p.w);
-  for (int64_t line = first + threadIdx.x; line < last; line += kThreads) prefetch_l2(base + line * 128);
-}
-
 // Vectors of 16 bytes held in registers per lane and row before the wait: the first loads of the
-// weight, issued while the previous kernel still runs. More rows or tokens per warp leave fewer
-// registers for them.
+// weight, issued while the previous kernel still runs. At one token, all of a row up to k = 3072
+// (qwen3-0.6b's down projection), or two rows of k = 1024 (see launch); more rows or tokens per warp
+// leave fewer registers for them.
 template <int TOKENS, int ROWS>
-constexpr int kPrefetch = ROWS >= 4 ? 2 : TOKENS <= 2 ? 8 : 4;
+constexpr int kPrefetch = ROWS >= 4 ? 2 : ROWS == 2 ? 4 : TOKENS == 1 ? 12 : TOKENS == 2 ? 8 : 4;
 
 // 16-byte loads in flight per lane after the prefetched ones: enough at one row and one token to
 // cover the memory latency with few warps per SM, fewer where rows and tokens multiply registers.
@@ -139,7 +122,6 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   const int64_t row0 = warp * ROWS;
   const bool has_rows = row0 < p.n;
 
-  prefetch_weight_share(p);
   constexpr int P = kPrefetch<TOKENS, ROWS>;
   Vec8 early[P][ROWS];
   if (has_rows) {
@@ -270,10 +252,15 @@ void launch_rows(const Params& p, cudaStream_t stream) {
 constexpr int64_t kBlocksWanted = 264;
 constexpr int64_t kMaxStagedBytes = 48 * 1024;
 
+// At one token and k ≤ 1024, two rows per warp: a 4096- or 6144-row projection of a small model
+// (qwen3-0.6b's qkv, gate_up) then fits the SMs in one wave of blocks, every one of which loads its
+// whole weight before the wait (in two waves, the second loads only after the previous kernel).
 template <int TOKENS, GemvInput IN, bool ADD>
 void launch(const Params& p, cudaStream_t stream) {
   if (TOKENS <= 2 && p.n >= kBlocksWanted * kWarps * 4)
     launch_rows<TOKENS, 4, IN, ADD>(p, stream);
+  else if (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 2>)
+    launch_rows<TOKENS, 2, IN, ADD>(p, stream);
   else
     launch_rows<TOKENS, 1, IN, ADD>(p, stream);
 }

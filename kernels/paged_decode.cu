@@ -8,7 +8,9 @@
 //
 // A long context with few sequences would leave most SMs idle, so the context is split (FlashDecoding):
 // grid.x CTAs take consecutive ranges of split_keys keys, write unnormalised partial outputs with their
-// max and sum to a workspace, and a second kernel combines them. How many splits: choose_splits.
+// max and sum to a workspace, and the last of them to finish (a counter per sequence, kv head and row
+// tile) combines them: no second kernel, whose launch and first loads would cost more than the split
+// saves on a short context. How many splits: choose_splits.
 //
 // Measured on an H200 (tools/attention_bench.cu; docs/attention.md): 85-93% of the bandwidth of a
 // device-to-device copy from 32 sequences of 4096 keys up, 57-70% for one to eight long sequences.
@@ -49,7 +51,35 @@ struct DecodeParams {
   float scale_log2;
   float* partial_out;  // [num_seqs, num_heads, num_splits, D], when num_splits > 1
   float* partial_ml;   // [num_seqs, num_heads, num_splits, 2]: max (log2 units) and sum
+  uint32_t* counters;  // [num_seqs, num_kv_heads · row_tiles]: splits finished; zero between launches
 };
+
+// The last split CTA of a group: out = Σ_i o_i 2^(m_i − m) / Σ_i l_i 2^(m_i − m) over the n splits
+// that hold keys of the sequence, for the group's `rows` query heads. Partials are read past L1 (other
+// CTAs wrote them during this kernel).
+template <int D>
+__device__ void combine_splits(const DecodeParams& p, int seq, int first_head, int rows, int n, int token) {
+  for (int c = threadIdx.x; c < rows * (D / 4); c += kThreads) {
+    const int row = c / (D / 4), col = (c % (D / 4)) * 4;
+    const int64_t first = (static_cast<int64_t>(seq) * p.num_heads + first_head + row) * p.num_splits;
+    const float2* ml = reinterpret_cast<const float2*>(p.partial_ml) + first;
+    float m = -INFINITY;
+    for (int i = 0; i < n; ++i) m = fmaxf(m, __ldcg(&ml[i].x));
+    const float base = m == -INFINITY ? 0.0f : m;
+    float l = 0.0f;
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int i = 0; i < n; ++i) {
+      const float2 v = __ldcg(&ml[i]);
+      const float w = fast_exp2(v.x - base);
+      l += v.y * w;
+      const float4 part = __ldcg(reinterpret_cast<const float4*>(p.partial_out + (first + i) * D + col));
+      o.x += part.x * w, o.y += part.y * w, o.z += part.z * w, o.w += part.w * w;
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const uint2 packed{pack_bf16(o.x * inv, o.y * inv), pack_bf16(o.z * inv, o.w * inv)};
+    *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(first_head + row) * D + col) = packed;
+  }
+}
 
 template <int D>
 constexpr int decode_smem_bytes = (16 + kDecodeStages * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
@@ -94,7 +124,7 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   }
   let_next_kernel_start();
   wait_for_previous_kernel();
-  if (k_begin >= ctx) return;  // nothing of this sequence here; the combine kernel skips the split
+  if (k_begin >= ctx) return;  // nothing of this sequence here; the combine counts only splits with keys
   const int token = p.query_start[seq];
   const int g0 = row_tile * 16;
   const int rows = min(16, p.group - g0);
@@ -199,85 +229,21 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
       if (col == 0) *reinterpret_cast<float2*>(p.partial_ml + part * 2) = make_float2(m_all, l);
     }
   }
-}
-
-constexpr int kCombineThreads = 128;
-
-// Max or sum over the block, returned to every thread; `red` holds one float per warp.
-template <bool kMax>
-__device__ __forceinline__ float block_reduce(float v, float* red) {
-#pragma unroll
-  for (int offset = warp_size / 2; offset > 0; offset /= 2) {
-    const float other = __shfl_xor_sync(0xffffffffu, v, offset);
-    v = kMax ? fmaxf(v, other) : v + other;
-  }
-  if (threadIdx.x % warp_size == 0) red[threadIdx.x / warp_size] = v;
+  if (p.num_splits == 1) return;
+  // Publish this split's partials, then take a ticket; the CTA that takes the last one combines.
+  __shared__ bool last;
+  __threadfence();
   __syncthreads();
-  v = red[0];
-#pragma unroll
-  for (int w = 1; w < kCombineThreads / warp_size; ++w) v = kMax ? fmaxf(v, red[w]) : v + red[w];
-  __syncthreads();  // red is free again
-  return v;
-}
-
-// grid (num_heads, num_seqs), kCombineThreads threads, num_splits floats of dynamic shared memory:
-// out = Σ_i o_i 2^(m_i − m) / Σ_i l_i 2^(m_i − m) over the splits that hold keys of the sequence.
-// A long context has a hundred splits or more, so the splits are spread over the threads (the
-// weights once, then D-wide rows of partial outputs, several in flight per thread) rather than walked
-// one after another.
-template <int D>
-__global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const DecodeParams p) {
-  extern __shared__ float weight[];  // [num_splits]: 2^(m_i − m)
-  __shared__ float red[kCombineThreads / warp_size];
-  __shared__ float part_sum[kCombineThreads * 4];
-  const int head = blockIdx.x, seq = blockIdx.y;
-  let_next_kernel_start();
-  wait_for_previous_kernel();
-  const int ctx = p.context_lens[seq];
-  const int n = min(p.num_splits, (ctx + p.split_keys - 1) / p.split_keys);
-  const int64_t first = (static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits;
-  const float2* ml = reinterpret_cast<const float2*>(p.partial_ml) + first;
-
-  float m = -INFINITY;
-  for (int i = threadIdx.x; i < n; i += kCombineThreads) m = fmaxf(m, ml[i].x);
-  m = block_reduce<true>(m, red);
-  const float base = m == -INFINITY ? 0.0f : m;
-  float l = 0.0f;
-  for (int i = threadIdx.x; i < n; i += kCombineThreads) {
-    const float2 v = ml[i];
-    const float w = fast_exp2(v.x - base);
-    weight[i] = w;
-    l += v.y * w;
+  const int n = min(p.num_splits, (ctx + p.split_keys - 1) / p.split_keys);  // splits with keys here
+  if (threadIdx.x == 0) {
+    uint32_t* const counter = p.counters + static_cast<int64_t>(seq) * gridDim.y + blockIdx.y;
+    last = atomicAdd(counter, 1u) == static_cast<uint32_t>(n - 1);
+    if (last) *counter = 0;  // every split has counted: ready for the next launch
   }
-  l = block_reduce<false>(l, red);  // its barrier also publishes weight[]
-
-  // Four consecutive dims per thread (16-byte loads); `parts` threads per 4 dims, each taking every
-  // parts-th split, so that many loads are in flight.
-  constexpr int quads = D / 4;
-  static_assert(kCombineThreads % quads == 0);
-  constexpr int parts = kCombineThreads / quads;
-  const int d = (threadIdx.x % quads) * 4, part = threadIdx.x / quads;
-  const float* po = p.partial_out + first * D + d;
-  float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-  for (int i = part; i < n; i += parts) {
-    const float4 v = *reinterpret_cast<const float4*>(po + static_cast<int64_t>(i) * D);
-    const float w = weight[i];
-    o.x += v.x * w, o.y += v.y * w, o.z += v.z * w, o.w += v.w * w;
-  }
-  part_sum[threadIdx.x * 4 + 0] = o.x, part_sum[threadIdx.x * 4 + 1] = o.y;
-  part_sum[threadIdx.x * 4 + 2] = o.z, part_sum[threadIdx.x * 4 + 3] = o.w;
   __syncthreads();
-  if (part != 0) return;
-#pragma unroll
-  for (int k = 1; k < parts; ++k) {
-    const float* q = part_sum + (k * quads + threadIdx.x) * 4;
-    o.x += q[0], o.y += q[1], o.z += q[2], o.w += q[3];
-  }
-  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-  const int token = p.query_start[seq];
-  const uint2 packed{pack_bf16(o.x * inv, o.y * inv), pack_bf16(o.z * inv, o.w * inv)};
-  *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(head) * D + d) = packed;
+  if (!last) return;
+  __threadfence();
+  combine_splits<D>(p, seq, kv_head * p.group + g0, rows, n, token);
 }
 
 // How many equal ranges of keys to split each context into, when `ctas` CTAs (sequences × kv heads
@@ -285,11 +251,11 @@ __global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const D
 // rate (the bytes its stages keep in flight over the latency), so it takes most of the resident
 // slots to reach full bandwidth, and a partly filled last wave runs at its CTAs' rate, not at HBM's.
 // The estimate per candidate: Σ over waves of keys per CTA × max(1, CTAs in the wave / saturating
-// CTAs), plus a CTA's start and the combine kernel in key-equivalents; fewer splits win ties.
+// CTAs), plus a CTA's start and the last CTA's combine in key-equivalents; fewer splits win ties.
 int64_t choose_splits(int64_t ctas, int64_t slots, int max_context_len, int64_t max_splits) {
   if (ctas >= 4 * slots || max_splits <= 1) return 1;  // a partial last wave is a small part of 4 or more
   constexpr double kSaturating = 0.85;  // of the resident slots
-  constexpr double kStartKeys = 64, kCombineKeys = 128;
+  constexpr double kStartKeys = 64, kCombineKeys = 32;
   const double saturating = kSaturating * static_cast<double>(slots);
   double best_time = 0;
   int64_t best = 1;
@@ -334,10 +300,14 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
 
   const int64_t ctas = static_cast<int64_t>(a.num_seqs) * a.num_kv_heads * p.row_tiles;
   const int64_t partial_floats = static_cast<int64_t>(a.num_seqs) * a.num_heads * (D + 2);
+  // The split counters sit at the end of the workspace; a launch with more groups than counters
+  // does not split.
+  const int64_t counters = static_cast<int64_t>(a.sm_count) * kSplitCountersPerSm;
   int64_t max_splits = 1;
-  if (a.workspace != nullptr && a.max_context_len > kMinSplitKeys) {
+  if (a.workspace != nullptr && a.max_context_len > kMinSplitKeys && ctas <= counters &&
+      static_cast<int64_t>(a.workspace_floats) > counters) {
     max_splits = std::min<int64_t>((a.max_context_len + kMinSplitKeys - 1) / kMinSplitKeys,
-                                   static_cast<int64_t>(a.workspace_floats) / partial_floats);
+                                   (static_cast<int64_t>(a.workspace_floats) - counters) / partial_floats);
   }
   constexpr int smem = decode_smem_bytes<D>;
   static std::atomic<uint64_t> granted{0};
@@ -365,17 +335,13 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   if (p.num_splits > 1) {
     p.partial_out = a.workspace;
     p.partial_ml = a.workspace + partial_floats / (D + 2) * p.num_splits * D;
+    p.counters = reinterpret_cast<uint32_t*>(a.workspace + a.workspace_floats - counters);
   }
 
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(a.num_kv_heads * p.row_tiles),
                   static_cast<unsigned>(a.num_seqs));
   launch_overlapped(paged_decode_kernel<D>, grid, dim3(kThreads), static_cast<size_t>(smem), stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
-  if (p.num_splits > 1) {
-    launch_overlapped(combine_splits_kernel<D>, dim3(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(a.num_seqs)),
-                      dim3(kCombineThreads), p.num_splits * sizeof(float), stream, p);
-    TROUPE_CUDA_CHECK_LAUNCH(combine_splits_kernel);
-  }
 }
 
 }  // namespace
