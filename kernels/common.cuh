@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -98,6 +99,27 @@ inline bool overlapped_launches() {
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   return on;
+}
+
+// The decode attention kernel asks for all of L1 as shared memory (kernels/attention.cu), and an SM
+// changes its L1/shared split only once it is empty: kernels that overlap it (programmatic dependent
+// launch) take the same split, or they would wait for each other to drain. TROUPE_CARVEOUT=0 leaves
+// the driver's choice, to measure.
+template <auto Kernel>
+void prefer_max_shared_carveout() {
+  static const bool on = [] {
+    const char* v = std::getenv("TROUPE_CARVEOUT");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  if (!on) return;
+  static std::atomic<uint64_t> done{0};
+  int device = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit)) return;
+  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(Kernel),
+                                         cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  done.fetch_or(bit, std::memory_order_acq_rel);
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch (see above): only

@@ -141,6 +141,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   if constexpr (IN == GemvInput::rms_norm) {
     float inv_rms[TOKENS];
     rms_scales<TOKENS>(p, inv_rms);
+#pragma unroll 2
     for (int64_t i = threadIdx.x; i < TOKENS * vecs; i += kThreads) {
       const int t = static_cast<int>(i / vecs);
       const Vec8 x = load_vec(p.x + i * kVec), g = load_vec(p.norm_weight + (i % vecs) * kVec);
@@ -158,6 +159,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
     }
     __syncthreads();
   } else if constexpr (IN == GemvInput::silu_mul) {
+#pragma unroll 2
     for (int64_t i = threadIdx.x; i < TOKENS * vecs; i += kThreads) {
       const int64_t t = i / vecs, v = i % vecs;
       const bf16* row = p.x + t * 2 * p.k;
@@ -166,6 +168,12 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
     __syncthreads();
   }
   if (!has_rows) return;
+  // add_to_out: the value this lane adds to, loaded now so that its latency hides behind the sums.
+  const int r_lane = lane / TOKENS, t_lane = lane % TOKENS;
+  const int64_t row_lane = row0 + r_lane;
+  const bool writes = lane < ROWS * TOKENS && row_lane < p.n;
+  float before = 0.0f;
+  if (ADD && writes) before = __bfloat162float(p.out[t_lane * p.n + row_lane]);
 
   auto input = [&](int t, int64_t v) {
     if constexpr (IN == GemvInput::plain)
@@ -213,28 +221,20 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
 #pragma unroll
     for (int t = 0; t < TOKENS; ++t) acc[r][t] = warp_sum(acc[r][t]);
 
-  if (lane < ROWS * TOKENS) {
+  if (writes) {
     // Lane (r, t) writes one output; the compile-time indices keep acc in registers.
     float value = 0.0f;
-    int r_of_lane = 0, t_of_lane = 0;
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
 #pragma unroll
       for (int t = 0; t < TOKENS; ++t)
-        if (lane == r * TOKENS + t) {
-          value = acc[r][t];
-          r_of_lane = r;
-          t_of_lane = t;
-        }
-    const int64_t row = row0 + r_of_lane;
-    if (row < p.n) {
-      if (p.bias) value += __bfloat162float(p.bias[row]);
-      bf16* const o = p.out + t_of_lane * p.n + row;
-      if constexpr (ADD)
-        *o = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(value)) + __bfloat162float(*o));
-      else
-        *o = __float2bfloat16(value);
-    }
+        if (lane == r * TOKENS + t) value = acc[r][t];
+    if (p.bias) value += __bfloat162float(p.bias[row_lane]);
+    bf16* const o = p.out + t_lane * p.n + row_lane;
+    if constexpr (ADD)
+      *o = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(value)) + before);
+    else
+      *o = __float2bfloat16(value);
   }
 }
 
@@ -243,6 +243,7 @@ void launch_rows(const Params& p, cudaStream_t stream) {
   const int64_t warps = (p.n + ROWS - 1) / ROWS;
   const auto blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
   const size_t smem = IN == GemvInput::plain ? 0 : static_cast<size_t>(TOKENS * p.k) * sizeof(bf16);
+  prefer_max_shared_carveout<gemv_kernel<TOKENS, ROWS, IN, ADD>>();
   launch_overlapped(gemv_kernel<TOKENS, ROWS, IN, ADD>, dim3(blocks), dim3(kThreads), smem, stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(gemv_kernel);
 }

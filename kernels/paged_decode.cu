@@ -55,31 +55,35 @@ struct DecodeParams {
 };
 
 // The last split CTA of a group: out = Σ_i o_i 2^(m_i − m) / Σ_i l_i 2^(m_i − m) over the n splits
-// that hold keys of the sequence, for the group's `rows` query heads. Partials are read past L1 (other
-// CTAs wrote them during this kernel).
+// that hold keys of the sequence, for the group's `rows` query heads, in one pass with a running max
+// whose loads do not wait on one another (several in flight: this sits on the step's critical path).
+// Partials are read past L1 (other CTAs wrote them during this kernel).
 template <int D>
 __device__ void combine_splits(const DecodeParams& p, int seq, int first_head, int rows, int n, int token) {
   for (int c = threadIdx.x; c < rows * (D / 4); c += kThreads) {
     const int row = c / (D / 4), col = (c % (D / 4)) * 4;
     const int64_t first = (static_cast<int64_t>(seq) * p.num_heads + first_head + row) * p.num_splits;
     const float2* ml = reinterpret_cast<const float2*>(p.partial_ml) + first;
-    float m = -INFINITY;
-    for (int i = 0; i < n; ++i) m = fmaxf(m, __ldcg(&ml[i].x));
-    const float base = m == -INFINITY ? 0.0f : m;
-    float l = 0.0f;
+    float m = -INFINITY, l = 0.0f;
     float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
     for (int i = 0; i < n; ++i) {
       const float2 v = __ldcg(&ml[i]);
-      const float w = fast_exp2(v.x - base);
-      l += v.y * w;
       const float4 part = __ldcg(reinterpret_cast<const float4*>(p.partial_out + (first + i) * D + col));
-      o.x += part.x * w, o.y += part.y * w, o.z += part.z * w, o.w += part.w * w;
+      if (v.x == -INFINITY) continue;  // a split whose keys were all masked adds nothing
+      const float m_new = fmaxf(m, v.x);
+      const float old = fast_exp2(m - m_new), w = fast_exp2(v.x - m_new);  // 2^-inf = 0 the first time
+      l = l * old + v.y * w;
+      o.x = o.x * old + part.x * w, o.y = o.y * old + part.y * w;
+      o.z = o.z * old + part.z * w, o.w = o.w * old + part.w * w;
+      m = m_new;
     }
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
     const uint2 packed{pack_bf16(o.x * inv, o.y * inv), pack_bf16(o.z * inv, o.w * inv)};
     *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(first_head + row) * D + col) = packed;
   }
 }
+
 
 template <int D>
 constexpr int decode_smem_bytes = (16 + kDecodeStages * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
@@ -88,6 +92,8 @@ constexpr int decode_smem_bytes = (16 + kDecodeStages * 2 * kTileKeys) * kRow<D>
 // 128 and 64 (uncapped, the block-id prefetch would cost one of them), six below.
 template <int D>
 constexpr int decode_min_ctas = D >= 128 ? 3 : D >= 64 ? 5 : 6;
+
+// grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads.
 
 // grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads.
 template <int D>
