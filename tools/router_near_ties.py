@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Are troupe's first-token differences from transformers on an MoE model router near-ties?
 
-  router_near_ties.py --model DIR --troupe BIN [--prompt-indices 1,2] [--out FILE]
+  router_near_ties.py --model DIR --troupe BIN [--prompt-indices 1,2] [--batched] [--out FILE]
       [-- extra troupe generate flags]
 
 A near-tie: a token whose k-th and (k+1)-th router logits are almost equal, so that bf16 rounding
@@ -10,7 +10,8 @@ greedy_vs_transformers.py's prompts_for(vocab, 8), both in bf16 on troupe's dumm
 
   1. troupe generates one token for the prompt alone (--max-num-seqs 1 --enforce-eager, as
      greedy_vs_transformers.py runs it otherwise) with TROUPE_DUMP_ROUTING set (actors/worker.cpp):
-     the experts it routed every prompt token to at every MoE layer of the prefill.
+     the experts it routed every prompt token to at every MoE layer of the prefill. With --batched,
+     all prompts at once instead (below).
   2. transformers (loaded once, after all troupe runs: a 30B model does not fit twice) runs the
      prompt with hooks on every layer's router that record its logits and chosen experts.
   3. Per (layer, token): troupe's expert set against transformers' top-k. For the pairs that differ,
@@ -24,6 +25,20 @@ greedy_vs_transformers.py's prompts_for(vocab, 8), both in bf16 on troupe's dumm
      differing pair of step 3, at the first one only, and at every (layer, token) (which also covers
      pairs that only differ once the forced ones changed later layers' inputs). If transformers then
      gives troupe's first token, the routing difference explains the token difference.
+
+--batched: troupe runs all PROMPT_COUNT prompts in one `troupe generate` call, as
+greedy_vs_transformers.py runs them (its run_troupe flags, and --enforce-eager so that the prefill
+reports routing, and --max-num-batched-tokens 8192 so that all their tokens, 717, are prefilled in one
+step; no --max-num-seqs 1). A prompt prefilled in a batch may have its sums done in another order than
+alone (the kernels see another number of rows and may pick other tilings), so bf16 rounding near a
+router tie may pick other experts there: greedy_vs_transformers.py's differences are those of the
+batched prefill, which the prompt alone need not reproduce. Of the dump, rank 0's lines of the
+first (lowest) step: per MoE layer sum(prompt lengths) x top_k ids, the prompts' tokens concatenated in
+request index order (the scheduler queues requests in the order generate submits them,
+engine/scheduler.cpp). The id count is checked (a prefill split over steps, or with other tokens in it,
+fails); the order cannot be read from the ids: a wrong order would show as most (layer, token) pairs
+differing from the first layer on. Each selected prompt's rows are sliced from there; steps 2 to 4 and
+transformers (each prompt alone, as greedy_vs_transformers.py runs it) are the same as without.
 
 Prints a summary per prompt (always with the differing-pair count, 0 included) and writes everything
 to --out as JSON.
@@ -47,6 +62,7 @@ except ImportError as e:
     sys.exit(f"router_near_ties.py needs torch and transformers (on the GPU machine: source .gpu/env.sh): {e}")
 
 PROMPT_COUNT = 8  # the prompts of greedy_vs_transformers.py's default run
+BATCHED_TOKENS = 8192  # --batched: --max-num-batched-tokens, above the 717 tokens of the 8 prompts
 DEVICE = "cuda"
 SHOWN_PAIRS = 20
 
@@ -57,22 +73,19 @@ def fail(message):
 
 # --- troupe ---------------------------------------------------------------------------------------
 
-def troupe_routing(binary, model_dir, prompt, k, extra):
-    """troupe's first token for the prompt alone and its prefill routing: {layer: [[k ids] per token]}."""
-    flags = list(extra)
-    if "--max-num-seqs" not in flags and not any(f.startswith("--max-num-seqs=") for f in flags):
-        flags += ["--max-num-seqs", "1"]
-    if "--enforce-eager" not in flags:
-        # A one-token prompt's prefill is a decode-shaped step, which a CUDA graph would replay
-        # without reporting routing; longer prompts never replay a graph, so this changes nothing else.
-        flags.append("--enforce-eager")
+def has_flag(flags, name):
+    return name in flags or any(f.startswith(name + "=") for f in flags)
+
+
+def troupe_with_dump(binary, model_dir, prompts, flags):
+    """troupe generate's first token per prompt (in index order) and its TROUPE_DUMP_ROUTING lines."""
     fd, path = tempfile.mkstemp(prefix="troupe-routing-", suffix=".jsonl")
     os.close(fd)
     os.unlink(path)  # the worker appends: start from nothing
     os.environ["TROUPE_DUMP_ROUTING"] = path
     print(f"TROUPE_DUMP_ROUTING={path}", file=sys.stderr, flush=True)
     try:
-        tokens = gvt.run_troupe(binary, model_dir, [prompt], 1, flags)
+        tokens = gvt.run_troupe(binary, model_dir, prompts, 1, flags)
     finally:
         del os.environ["TROUPE_DUMP_ROUTING"]
     if not os.path.exists(path):
@@ -80,26 +93,81 @@ def troupe_routing(binary, model_dir, prompt, k, extra):
     with open(path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
     os.unlink(path)
-    if not tokens or not tokens[0]:
-        fail("troupe generated no token")
+    if len(tokens) != len(prompts) or not all(tokens):
+        fail("troupe generated no token" if len(prompts) == 1 else
+             f"troupe's output has a first token for {sum(1 for t in tokens if t)} of {len(prompts)} prompts")
     if not lines:
         fail("TROUPE_DUMP_ROUTING file is empty (no eager MoE step?)")
+    return [t[0] for t in tokens], lines
+
+
+def check_top_k(line, k):
+    if line["top_k"] != k:
+        fail(f"troupe routed top_k={line['top_k']}, config.json says num_experts_per_tok={k}")
+    if len(line["ids"]) % k:
+        fail(f"layer {line['layer']} step {line['step']}: {len(line['ids'])} ids, not a multiple of k={k}")
+
+
+def troupe_routing(binary, model_dir, prompt, k, extra):
+    """troupe's first token for the prompt alone and its prefill routing: {layer: [[k ids] per token]}."""
+    flags = list(extra)
+    if not has_flag(flags, "--max-num-seqs"):
+        flags += ["--max-num-seqs", "1"]
+    if "--enforce-eager" not in flags:
+        # A one-token prompt's prefill is a decode-shaped step, which a CUDA graph would replay
+        # without reporting routing; longer prompts never replay a graph, so this changes nothing else.
+        flags.append("--enforce-eager")
+    tokens, lines = troupe_with_dump(binary, model_dir, [prompt], flags)
     # Per layer, the ids of its steps in step order (several steps if the prefill was chunked; ranks
     # of other data-parallel replicas or pipeline stages add their own lines).
     rows = {}
     for line in sorted(lines, key=lambda r: (r["step"], r.get("rank", 0))):
-        if line["top_k"] != k:
-            fail(f"troupe routed top_k={line['top_k']}, config.json says num_experts_per_tok={k}")
+        check_top_k(line, k)
         ids = line["ids"]
-        if len(ids) % k:
-            fail(f"layer {line['layer']} step {line['step']}: {len(ids)} ids, not a multiple of k={k}")
         rows.setdefault(line["layer"], []).extend(ids[i:i + k] for i in range(0, len(ids), k))
     n = len(prompt)
     for layer, r in rows.items():
         if len(r) < n:
             fail(f"troupe's dump has {len(r)} routed tokens at layer {layer}, the prompt {n}")
     # The prompt's tokens come first; any later rows are decode steps.
-    return tokens[0][0], {layer: r[:n] for layer, r in sorted(rows.items())}
+    return tokens[0], {layer: r[:n] for layer, r in sorted(rows.items())}
+
+
+def troupe_routing_batched(binary, model_dir, prompts, indices, k, extra):
+    """--batched: one troupe run of all the prompts, prefilled in one step. {i: (first token, prefill
+    routing {layer: [[k ids] per token]})} for the prompts in indices."""
+    flags = list(extra)
+    if "--enforce-eager" not in flags:
+        # A step of several tokens per sequence never replays a CUDA graph (engine/decode_graphs.cpp);
+        # this only makes sure that the prefill reports routing.
+        flags.append("--enforce-eager")
+    if not has_flag(flags, "--max-num-batched-tokens"):
+        flags += ["--max-num-batched-tokens", str(BATCHED_TOKENS)]
+    tokens, lines = troupe_with_dump(binary, model_dir, prompts, flags)
+    lines = [line for line in lines if line.get("rank", 0) == 0]
+    if not lines:
+        fail("TROUPE_DUMP_ROUTING file has no line of rank 0")
+    step = min(line["step"] for line in lines)
+    lengths = [len(p) for p in prompts]
+    total = sum(lengths)
+    rows = {}
+    for line in lines:
+        if line["step"] != step:
+            continue
+        check_top_k(line, k)
+        layer, ids = line["layer"], line["ids"]
+        if layer in rows:
+            fail(f"rank 0 dumped layer {layer} twice in step {step}")
+        if len(ids) != total * k:
+            fail(f"troupe's first step ({step}) routed {len(ids) // k} tokens at layer {layer}, not the "
+                 f"{total} tokens of the {len(prompts)} prompts ({'+'.join(map(str, lengths))}): the prefill was "
+                 f"split over several steps or laid out otherwise than all prompts concatenated in index order, so "
+                 f"their rows cannot be sliced from it (are --max-num-batched-tokens >= {total} and "
+                 f"--max-num-seqs >= {len(prompts)}? were all requests queued before the first step?)")
+        rows[layer] = [ids[i:i + k] for i in range(0, len(ids), k)]
+    offsets = [sum(lengths[:i]) for i in range(len(prompts))]
+    return {i: (tokens[i], {layer: r[offsets[i]:offsets[i] + lengths[i]] for layer, r in sorted(rows.items())})
+            for i in indices}
 
 
 # --- transformers ---------------------------------------------------------------------------------
@@ -304,6 +372,9 @@ def main():
     ap.add_argument("--troupe", required=True, help="the troupe binary")
     ap.add_argument("--prompt-indices", default="1,2",
                     help=f"comma-separated indices into prompts_for(vocab, {PROMPT_COUNT}) (default 1,2)")
+    ap.add_argument("--batched", action="store_true",
+                    help=f"troupe runs all {PROMPT_COUNT} prompts at once, prefilled in one step, as "
+                         "greedy_vs_transformers.py runs them (default: each selected prompt alone)")
     ap.add_argument("--out", help="write the whole report here as JSON")
     args, extra = ap.parse_known_args()
     extra = [a for a in extra if a != "--"]
@@ -325,19 +396,21 @@ def main():
     prompts = gvt.prompts_for(config.vocab_size, PROMPT_COUNT)
 
     # troupe first, every prompt, so that its GPU memory is free before transformers loads.
-    troupe = {}
+    troupe = troupe_routing_batched(args.troupe, args.model, prompts, indices, k, extra) if args.batched else {}
     for i in indices:
-        token, rows = troupe_routing(args.troupe, args.model, prompts[i], k, extra)
-        troupe[i] = (token, rows)
-        print(f"troupe prompt {i} ({len(prompts[i])} tokens): token {token}, {len(rows)} MoE layers routed",
-              file=sys.stderr, flush=True)
+        if not args.batched:
+            troupe[i] = troupe_routing(args.troupe, args.model, prompts[i], k, extra)
+        token, rows = troupe[i]
+        print(f"troupe prompt {i} ({len(prompts[i])} tokens{', batched' if args.batched else ''}): token {token}, "
+              f"{len(rows)} MoE layers routed", file=sys.stderr, flush=True)
 
     model = load_transformers(config)
     routers = find_routers(model, config)
     hooks = RouterHooks(routers, k, experts)
 
     report = {"model": os.path.basename(os.path.normpath(args.model)), "transformers": transformers.__version__,
-              "torch": torch.__version__, "dtype": "bfloat16", "troupe_flags": extra, "top_k": k,
+              "torch": torch.__version__, "dtype": "bfloat16", "troupe_flags": extra,
+              "troupe_prompts": "batched" if args.batched else "alone", "top_k": k,
               "num_experts": experts, "moe_layers": sorted(routers), "prompts": []}
     for i in indices:
         prompt, (troupe_token, troupe_rows) = prompts[i], troupe[i]
