@@ -192,8 +192,14 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
             if (!routed.empty())
               for (int32_t e : ids) ++routed[e];
             if (!st.routing_dump) return;
+            // The step's sequences and their new tokens, in row order, so that a reader can tell whose
+            // rows the ids are when several sequences share a step.
             dumped += "{\"step\":" + std::to_string(plan->step) + ",\"rank\":" + std::to_string(st.spec.rank) +
-                      ",\"layer\":" + std::to_string(layer) + ",\"top_k\":" + std::to_string(top_k) + ",\"ids\":[";
+                      ",\"layer\":" + std::to_string(layer) + ",\"top_k\":" + std::to_string(top_k) + ",\"seqs\":[";
+            for (size_t i = 0; i < plan->seqs.size(); ++i) dumped += (i ? "," : "") + std::to_string(plan->seqs[i]);
+            dumped += "],\"chunk\":[";
+            for (size_t i = 0; i < plan->chunk.size(); ++i) dumped += (i ? "," : "") + std::to_string(plan->chunk[i]);
+            dumped += "],\"ids\":[";
             for (size_t i = 0; i < ids.size(); ++i) dumped += (i ? "," : "") + std::to_string(ids[i]);
             dumped += "]}\n";
           };

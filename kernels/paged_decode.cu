@@ -84,7 +84,6 @@ __device__ void combine_splits(const DecodeParams& p, int seq, int first_head, i
   }
 }
 
-
 template <int D>
 constexpr int decode_smem_bytes = (16 + kDecodeStages * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
 
@@ -92,8 +91,6 @@ constexpr int decode_smem_bytes = (16 + kDecodeStages * 2 * kTileKeys) * kRow<D>
 // 128 and 64 (uncapped, the block-id prefetch would cost one of them), six below.
 template <int D>
 constexpr int decode_min_ctas = D >= 128 ? 3 : D >= 64 ? 5 : 6;
-
-// grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads.
 
 // grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads.
 template <int D>
@@ -114,20 +111,20 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   const KvSource src{p.k_cache, p.v_cache, p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq,
                      p.block_size, p.block_shift, static_cast<int64_t>(p.num_kv_heads) * D,
                      static_cast<int64_t>(kv_head) * D};
-  // While the kernel before (rope and the cache write of this step's token) runs, ask L2 for this
-  // CTA's first keys and values: the newest slot may still change, but L2 is where that write lands
-  // too. A small grid (decode of a few sequences) takes its first 8 tiles, a large one its first tile
-  // only, so that what is asked for stays far below L2's size.
-  const int grid_ctas = static_cast<int>(gridDim.x * gridDim.y * gridDim.z);
-  const int early_keys = min(k_end - k_begin, (grid_ctas <= 64 ? 8 : 1) * kTileKeys);
-  for (int i = threadIdx.x; i < early_keys * (D / 64); i += kThreads) {
-    const int key = k_begin + i / (D / 64), part = i % (D / 64);
-    const int index = src.block_shift >= 0 ? key >> src.block_shift : key / src.block_size;
-    const int64_t slot = static_cast<int64_t>(src.table[index]) * src.block_size + (key - index * src.block_size);
-    const int64_t at = slot * src.slot_stride + src.head_offset + part * 64;
-    prefetch_l2(src.k + at);
-    prefetch_l2(src.v + at);
+  const int n_tiles = (k_end - k_begin + kTileKeys - 1) / kTileKeys;
+  // While the kernel before (rope and the cache write of this step's token) runs, the first tile's
+  // keys and values are copied already: all but the newest key (ctx − 1), which that kernel writes.
+  // The block ids of the next tile to load are fetched one tile early, so that a block table lookup
+  // never sits between the previous copy and the next.
+  static_assert(kDecodeStages == 2, "one tile is loaded before the loop");
+  TileSlots<D> next;
+  if (n_tiles > 0) {
+    const int old_end = min(k_end, ctx - 1);
+    next.fetch(src, k_begin, old_end);
+    load_kv_tile<D>(stages, stages + tile_elems<D>, src, k_begin, old_end, next);
+    next.fetch(src, k_begin + kTileKeys, k_end);
   }
+  cp_async_commit();
   let_next_kernel_start();
   wait_for_previous_kernel();
   if (k_begin >= ctx) return;  // nothing of this sequence here; the combine counts only splits with keys
@@ -136,25 +133,21 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   const int rows = min(16, p.group - g0);
   const int warp = threadIdx.x / warp_size, lane = threadIdx.x % warp_size;
 
+  cp_async_wait<0>();  // the first tile's zero-filled newest row is written before its real copy below
   const bf16* q_row0 = p.qkv + token * p.qkv_stride + static_cast<int64_t>(kv_head * p.group + g0) * D;
   load_q_tile<D, 16>(qs, [&](int r) { return r < rows ? q_row0 + r * D : nullptr; }, p.qkv);
-  cp_async_commit();
-
-  const int n_tiles = (k_end - k_begin + kTileKeys - 1) / kTileKeys;
-  // The block ids of the next tile to load are fetched one tile early, so that a block table lookup
-  // never sits between the previous copy and the next.
-  TileSlots<D> next;
-#pragma unroll
-  for (int st = 0; st < kDecodeStages - 1; ++st) {
-    if (st < n_tiles) {
-      next.fetch(src, k_begin + st * kTileKeys, k_end);
-      load_kv_tile<D>(stages + 2 * st * tile_elems<D>, stages + (2 * st + 1) * tile_elems<D>, src,
-                      k_begin + st * kTileKeys, k_end, next);
+  if (ctx - 1 < k_begin + kTileKeys) {
+    const int key = ctx - 1, row = key - k_begin;
+    const int index = src.block_shift >= 0 ? key >> src.block_shift : key / src.block_size;
+    const int64_t at = (static_cast<int64_t>(src.table[index]) * src.block_size + (key - index * src.block_size)) *
+                           src.slot_stride + src.head_offset;
+    for (int c = threadIdx.x; c < D / 8; c += kThreads) {
+      cp_async_16(smem_u32(stages + row * kRow<D> + c * 8), src.k + at + c * 8, true);
+      cp_async_16(smem_u32(stages + tile_elems<D> + row * kRow<D> + c * 8), src.v + at + c * 8, true);
     }
-    cp_async_commit();
   }
-  next.fetch(src, k_begin + (kDecodeStages - 1) * kTileKeys, k_end);
-  cp_async_wait<kDecodeStages - 1>();  // the q group, committed first, is complete
+  cp_async_commit();
+  cp_async_wait<0>();  // q and the first tile
   __syncthreads();
   uint32_t qf[D / 16][4];
   load_q_fragments<D>(qf, qs, lane);

@@ -27,18 +27,15 @@ greedy_vs_transformers.py's prompts_for(vocab, 8), both in bf16 on troupe's dumm
      gives troupe's first token, the routing difference explains the token difference.
 
 --batched: troupe runs all PROMPT_COUNT prompts in one `troupe generate` call, as
-greedy_vs_transformers.py runs them (its run_troupe flags, and --enforce-eager so that the prefill
-reports routing, and --max-num-batched-tokens 8192 so that all their tokens, 717, are prefilled in one
-step; no --max-num-seqs 1). A prompt prefilled in a batch may have its sums done in another order than
-alone (the kernels see another number of rows and may pick other tilings), so bf16 rounding near a
-router tie may pick other experts there: greedy_vs_transformers.py's differences are those of the
-batched prefill, which the prompt alone need not reproduce. Of the dump, rank 0's lines of the
-first (lowest) step: per MoE layer sum(prompt lengths) x top_k ids, the prompts' tokens concatenated in
-request index order (the scheduler queues requests in the order generate submits them,
-engine/scheduler.cpp). The id count is checked (a prefill split over steps, or with other tokens in it,
-fails); the order cannot be read from the ids: a wrong order would show as most (layer, token) pairs
-differing from the first layer on. Each selected prompt's rows are sliced from there; steps 2 to 4 and
-transformers (each prompt alone, as greedy_vs_transformers.py runs it) are the same as without.
+greedy_vs_transformers.py runs them (its run_troupe flags; no --max-num-seqs 1). A prompt prefilled in a batch may have its sums done in another
+order than alone (the kernels see another number of rows and may pick other tilings), so bf16 rounding
+near a router tie may pick other experts there: greedy_vs_transformers.py's differences are those of
+the batched run, which the prompt alone need not reproduce. Requests reach the scheduler one by one,
+so which prompts share a step is up to timing; each dump line names its step's sequences and their new
+tokens in row order ("seqs", "chunk"), a sequence's first appearance is its prefill, and the prompts'
+distinct lengths tell which prompt a sequence is. Each selected prompt's rows are sliced from
+there; steps 2 to 4 and transformers (each prompt alone, as greedy_vs_transformers.py runs it) are the
+same as without.
 
 Prints a summary per prompt (always with the differing-pair count, 0 included) and writes everything
 to --out as JSON.
@@ -62,7 +59,6 @@ except ImportError as e:
     sys.exit(f"router_near_ties.py needs torch and transformers (on the GPU machine: source .gpu/env.sh): {e}")
 
 PROMPT_COUNT = 8  # the prompts of greedy_vs_transformers.py's default run
-BATCHED_TOKENS = 8192  # --batched: --max-num-batched-tokens, above the 717 tokens of the 8 prompts
 DEVICE = "cuda"
 SHOWN_PAIRS = 20
 
@@ -134,40 +130,47 @@ def troupe_routing(binary, model_dir, prompt, k, extra):
 
 
 def troupe_routing_batched(binary, model_dir, prompts, indices, k, extra):
-    """--batched: one troupe run of all the prompts, prefilled in one step. {i: (first token, prefill
-    routing {layer: [[k ids] per token]})} for the prompts in indices."""
-    flags = list(extra)
-    if "--enforce-eager" not in flags:
-        # A step of several tokens per sequence never replays a CUDA graph (engine/decode_graphs.cpp);
-        # this only makes sure that the prefill reports routing.
-        flags.append("--enforce-eager")
-    if not has_flag(flags, "--max-num-batched-tokens"):
-        flags += ["--max-num-batched-tokens", str(BATCHED_TOKENS)]
-    tokens, lines = troupe_with_dump(binary, model_dir, prompts, flags)
+    """--batched: one troupe run of all the prompts, scheduled as troupe schedules them (requests reach
+    the scheduler one by one, so a prompt's prefill may share a step with other prompts' prefills or
+    decode tokens). Each dump line lists its step's sequences and their new tokens in row order
+    ("seqs", "chunk"); a sequence's first appearance is its prefill, and its length tells which prompt
+    it is (the prompts' lengths differ). {i: (first token, prefill routing {layer: [[k ids] per
+    token]})} for the prompts in indices."""
+    # No --enforce-eager, as in greedy_vs_transformers.py: only pure decode steps replay a CUDA graph
+    # (and report no routing), and a prompt of two tokens or more is never prefilled in one.
+    tokens, lines = troupe_with_dump(binary, model_dir, prompts, list(extra))
     lines = [line for line in lines if line.get("rank", 0) == 0]
-    if not lines:
-        fail("TROUPE_DUMP_ROUTING file has no line of rank 0")
-    step = min(line["step"] for line in lines)
+    if not lines or "seqs" not in lines[0]:
+        fail("TROUPE_DUMP_ROUTING lines of rank 0 without \"seqs\"/\"chunk\" (an older troupe binary?)")
     lengths = [len(p) for p in prompts]
-    total = sum(lengths)
-    rows = {}
-    for line in lines:
-        if line["step"] != step:
-            continue
+    if len(set(lengths)) != len(lengths):
+        fail("--batched tells prompts apart by length, and two prompts have the same length")
+    by_length = {n: i for i, n in enumerate(lengths)}
+    seen, found = set(), {}
+    for line in sorted(lines, key=lambda r: (r["step"], r["layer"])):
         check_top_k(line, k)
-        layer, ids = line["layer"], line["ids"]
-        if layer in rows:
-            fail(f"rank 0 dumped layer {layer} twice in step {step}")
-        if len(ids) != total * k:
-            fail(f"troupe's first step ({step}) routed {len(ids) // k} tokens at layer {layer}, not the "
-                 f"{total} tokens of the {len(prompts)} prompts ({'+'.join(map(str, lengths))}): the prefill was "
-                 f"split over several steps or laid out otherwise than all prompts concatenated in index order, so "
-                 f"their rows cannot be sliced from it (are --max-num-batched-tokens >= {total} and "
-                 f"--max-num-seqs >= {len(prompts)}? were all requests queued before the first step?)")
-        rows[layer] = [ids[i:i + k] for i in range(0, len(ids), k)]
-    offsets = [sum(lengths[:i]) for i in range(len(prompts))]
-    return {i: (tokens[i], {layer: r[offsets[i]:offsets[i] + lengths[i]] for layer, r in sorted(rows.items())})
-            for i in indices}
+        offset = 0
+        for seq, n in zip(line["seqs"], line["chunk"]):
+            first = seq not in seen
+            if first and n in by_length and by_length[n] in indices:
+                found.setdefault(by_length[n], {})[line["layer"]] = (line["step"], line["ids"][offset * k:(offset + n) * k])
+            offset += n
+        if offset * k != len(line["ids"]):
+            fail(f"step {line['step']} layer {line['layer']}: chunks sum to {offset} tokens, ids to {len(line['ids']) // k}")
+        # A sequence counts as seen once its step's every layer has been read (lines are per layer).
+        if line["layer"] == max(l["layer"] for l in lines if l["step"] == line["step"]):
+            seen.update(line["seqs"])
+    result = {}
+    for i in indices:
+        if i not in found:
+            fail(f"prompt {i} ({lengths[i]} tokens) was not prefilled in one step of the dump (chunked prefill?)")
+        steps = {step for step, _ in found[i].values()}
+        print(f"troupe prompt {i}: prefilled in step {min(steps)} with "
+              f"{next(len(l['seqs']) for l in lines if l['step'] == min(steps))} sequence(s) in the step",
+              file=sys.stderr)
+        rows = {layer: [ids[j:j + k] for j in range(0, len(ids), k)] for layer, (_, ids) in sorted(found[i].items())}
+        result[i] = (tokens[i], rows)
+    return result
 
 
 # --- transformers ---------------------------------------------------------------------------------
