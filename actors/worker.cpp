@@ -204,6 +204,23 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
             dumped += "]}\n";
           };
         }
+        // TROUPE_DUMP_ROUTER_LOGITS=1 with it: a line of each MoE layer's router logits before its ids.
+        static const bool dump_logits = [] {
+          const char* v = std::getenv("TROUPE_DUMP_ROUTER_LOGITS");
+          return v && std::string(v) == "1";
+        }();
+        if (st.routing_dump && dump_logits) {
+          hooks.router_logits = [&](int layer, std::span<const float> logits) {
+            dumped += "{\"step\":" + std::to_string(plan->step) + ",\"rank\":" + std::to_string(st.spec.rank) +
+                      ",\"layer\":" + std::to_string(layer) + ",\"router_logits\":[";
+            char buf[32];
+            for (size_t i = 0; i < logits.size(); ++i) {
+              std::snprintf(buf, sizeof buf, "%s%.9g", i ? "," : "", static_cast<double>(logits[i]));
+              dumped += buf;
+            }
+            dumped += "]}\n";
+          };
+        }
         const auto start = trace ? trace->now() : TraceRecorder::Clock::time_point{};
         // GPU collectives: times of earlier sampled steps whose events have completed, and whether
         // this step is sampled. A sampled step runs eagerly (a replayed graph's collectives cannot

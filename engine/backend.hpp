@@ -140,6 +140,12 @@ class Backend {
     rms_norm(x, norm_weight, eps, normed);
     linear(normed, w, bias, out);
   }
+  // Whether linear_add and silu_mul_linear_add with weight w on `tokens` rows fuse the add (else the
+  // model adds a sublayer's output at the next norm, add_rms_norm, one kernel fewer than an add).
+  virtual bool fuses_residual_add(int64_t tokens, const Tensor& w) const {
+    (void)tokens, (void)w;
+    return false;
+  }
   // residual += x · wᵀ (+ bias); delta [T, N] is scratch.
   virtual void linear_add(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& delta,
                           const Tensor& residual) {

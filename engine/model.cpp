@@ -401,6 +401,11 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
       weights = be.allocate({rows, k}, DType::f32);
       ids = be.allocate({rows, k}, DType::i32);
       be.linear(in, m.router, nullptr, logits);
+      if (hooks.router_logits) {
+        std::vector<float> host(static_cast<size_t>(logits.numel()));
+        be.download(logits, host.data());
+        hooks.router_logits(layer.index, host);
+      }
       be.moe_route(logits, k, c.norm_topk_prob, weights, ids);
     };
     auto report_routing = [&](const Tensor& ids) {
@@ -501,12 +506,14 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
     span("moe_combine", false);
   };
 
-  // The residual stream. While `pending`, delta holds a sublayer's output not yet added to residual
-  // (tensor parallelism: it is all-reduced first, then added where the next norm reads it); without
-  // tensor parallelism each sublayer's last projection adds its output itself. Either way the next
-  // norm and the projection after it are one backend call, which a backend may fuse.
+  // The residual stream. While `pending`, delta holds a sublayer's output not yet added to residual,
+  // which the next norm adds (add_rms_norm): with tensor parallelism (delta is all-reduced first) or
+  // where the backend would not fuse the add into the sublayer's last projection; else that
+  // projection adds its output itself, and the next norm and the projection after it are one backend
+  // call, which a backend may fuse. Which way a step goes depends only on its token count, so that
+  // steps of many tokens keep the arithmetic of the unfused ops.
   bool pending = false;
-  const bool add_in_projection = !comms_.tp;
+  auto add_in_projection = [&](const Tensor& weight) { return !comms_.tp && be.fuses_residual_add(t, weight); };
   auto norm_linear = [&](const Tensor& norm, const Tensor& weight, const Tensor* bias, const Tensor& out) {
     if (pending) {
       be.add_rms_norm(residual, delta, norm, eps, x);
@@ -537,7 +544,7 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
     else
       be.rope_store_kv(qkv, layout, meta, w.rope, cache.layers[li]);
     be.attention(qkv, layout, cache.layers[li], meta, scale, attn);
-    if (add_in_projection) {
+    if (add_in_projection(layer.o)) {
       be.linear_add(attn, layer.o, bias_of(layer.o_bias), delta, residual);
     } else {
       be.linear(attn, layer.o, bias_of(layer.o_bias), delta);
@@ -548,7 +555,7 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
       Tensor gate_up = be.allocate({t, 2 * m.down.size(1)}, dt);
       Tensor act = be.allocate({t, m.down.size(1)}, dt);
       norm_linear(layer.post_attention_norm, m.gate_up, nullptr, gate_up);
-      if (add_in_projection) {
+      if (add_in_projection(m.down)) {
         be.silu_mul_linear_add(gate_up, m.down, act, delta, residual);
       } else {
         be.silu_mul_linear(gate_up, m.down, act, delta);
@@ -583,8 +590,10 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
   }
   // Only the rows that need logits go through the final norm and the LM head.
   const int64_t rows = in.num_logits;
-  Tensor picked = be.allocate({rows, h}, dt);
-  be.embedding(residual, in.logits_indices, picked);
+  // Rows that give logits are in increasing order, so as many as the step has tokens (decode) are all
+  // of them, in order: no gather.
+  Tensor picked = rows == t ? residual : be.allocate({rows, h}, dt);
+  if (rows != t) be.embedding(residual, in.logits_indices, picked);
   Tensor normed = be.allocate({rows, h}, dt);
   Tensor local = be.allocate({rows, plan.vocab_rows}, dt);
   be.rms_norm_linear(picked, w.final_norm, eps, w.lm_head, nullptr, normed, local);

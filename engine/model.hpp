@@ -49,6 +49,9 @@ struct ForwardHooks {
   std::function<void(const char* name, bool begin)> span;
   // The routed experts of this rank's tokens at a decoder layer, [tokens × top_k] ids.
   std::function<void(int layer, std::span<const int32_t> expert_ids)> routing;
+  // The router's logits of this rank's tokens at a decoder layer, [tokens × experts] (f32 copies of
+  // the compute type), before routing: how close a token's k-th and (k+1)-th experts were.
+  std::function<void(int layer, std::span<const float> logits)> router_logits;
   // Run this step without replaying a captured graph: a step whose collectives are timed (a graph
   // replays them without calling the communicator).
   bool eager = false;

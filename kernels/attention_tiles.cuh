@@ -24,12 +24,14 @@ constexpr int kStages = 2;     // prefill's stages: the next tile loads while th
 // The decode path's workspace holds partial outputs of this many CTAs per SM (of 16 query rows each);
 // its splits stay well below (about two waves of three to six resident CTAs per SM).
 constexpr int kWorkspaceCtasPerSm = 8;
-// Fewest keys worth a split of their own: one tile. Splits depend on how many sequences share the
-// step, and with them the order of the softmax sums, so a context of more than one tile is not
-// batch-invariant (bf16 rounding; the layouts and decode-graph tests hold other layouts and graphs to
-// a near-tie rule for that reason). With the splits combined by the last CTA of each group (no
-// second kernel), batch-1 decode of a 256-token context takes four CTAs per kv head instead of one.
-constexpr int kMinSplitKeys = kTileKeys;
+// Fewest keys worth a split of their own. Splits depend on how many sequences share the step, and
+// with them the order of the softmax sums, so a context longer than this is not batch-invariant (bf16
+// rounding; the layouts and decode-graph tests hold other layouts and graphs to a near-tie rule).
+// From one tile (64), with the splits combined by the last CTA of each group, qwen3-0.6b's batch-1
+// step with a 256-token context was 5% shorter on an H100, but the layouts test's tiny MoE model
+// (prompts and outputs under 256 tokens) then left tp1's path in dp2+ep at a gap of 0.33, past the
+// MoE rule's 0.3: short contexts stay whole, so that they are batch-invariant.
+constexpr int kMinSplitKeys = 256;
 // Split counters (one per sequence × kv head × row tile of a split launch) per SM, at the end of the
 // workspace: splits are only chosen below four waves of at most eight resident CTAs per SM.
 constexpr int kSplitCountersPerSm = 32;

@@ -302,19 +302,19 @@ class CudaBackend final : public Backend {
     Backend::rms_norm_linear(x, norm_weight, eps, w, bias, normed, out);
   }
 
-  // The projection adds into the residual: in the GEMV at a few tokens, else as cuBLASLt's β = 1.
+  bool fuses_residual_add(int64_t tokens, const Tensor& w) const override { return use_gemv(tokens, w); }
+
+  // The projection adds into the residual in the GEMV (see fuses_residual_add); otherwise the ops
+  // one after another.
   void linear_add(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& delta,
                   const Tensor& residual) override {
-    (void)delta;
-    project(x, w, bias, residual, "linear_add", true);
+    if (!project(x, w, bias, residual, "linear_add", true)) Backend::linear_add(x, w, bias, delta, residual);
   }
 
   void silu_mul_linear_add(const Tensor& gate_up, const Tensor& w, const Tensor& act, const Tensor& delta,
                            const Tensor& residual) override {
-    (void)delta;
-    if (gated_gemv(gate_up, w, residual, true, "silu_mul_linear_add")) return;
-    silu_mul(gate_up, act);
-    project(act, w, nullptr, residual, "silu_mul_linear_add", true);
+    if (!gated_gemv(gate_up, w, residual, true, "silu_mul_linear_add"))
+      Backend::silu_mul_linear_add(gate_up, w, act, delta, residual);
   }
 
   void add(const Tensor& x, const Tensor& inout) override {
@@ -586,8 +586,7 @@ class CudaBackend final : public Backend {
     return a;
   }
 
-  // out[T, N] = x[T, K] · w[N, K]ᵀ (+ bias), or out += that (accumulate): tokens, shapes and dtypes
-  // checked; returns T.
+  // Tokens, shapes and dtypes of out[T, N] = x[T, K] · w[N, K]ᵀ (+ bias) checked; returns T.
   int64_t check_projection(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out, const char* op) {
     require_bf16(x, op);
     require_bf16(w, op);
@@ -604,7 +603,9 @@ class CudaBackend final : public Backend {
     return tokens;
   }
 
-  void project(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out, const char* op,
+  // out = x · wᵀ (+ bias), or out += that (accumulate) where the GEMV takes the call; false, with
+  // nothing launched, for an accumulate the GEMV declines.
+  bool project(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out, const char* op,
                bool accumulate) {
     const int64_t tokens = check_projection(x, w, bias, out, op);
     const int64_t n = w.size(0), k = w.size(1);
@@ -614,19 +615,26 @@ class CudaBackend final : public Backend {
       cuda::GemvCall c;
       c.x = bf16_in(x), c.w = bf16_in(w), c.bias = b, c.out = bf16_out(out), c.tokens = tokens, c.n = n, c.k = k;
       c.add_to_out = accumulate;
-      if (cuda::small_batch_gemv(c, stream_)) return;
+      if (cuda::small_batch_gemv(c, stream_)) return true;
     }
-    gemm_->linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_, accumulate);
+    if (accumulate) return false;
+    gemm_->linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_);
+    return true;
   }
 
   // Whether a projection of `tokens` rows goes to kernels/gemv.cu (with what it fuses) rather than
-  // cuBLASLt: at a few tokens, and for weights up to kGemvMaxWeightBytes. Beyond, cuBLASLt streams a
-  // weight as fast (llama-3.1-8b's batch-1 step: 6.12 ms with cuBLASLt, 6.40 with the GEMV on an
-  // H100) and the fused SwiGLU would recompute a 14336-wide activation in each of 512 blocks.
-  static constexpr int64_t kGemvMaxWeightBytes = 24 << 20;
+  // cuBLASLt: at a few tokens, and for weights up to 24 MB. Beyond, cuBLASLt streams a weight as fast
+  // or faster, and a fused SwiGLU would be recomputed by each of hundreds of blocks: llama-3.1-8b's
+  // batch-1 step took 6.51 ms with every projection in the GEMV, 6.06 with cuBLASLt, on an H100;
+  // qwen3-0.6b's 311 MB LM head gained 1% in the GEMV (docs/benchmarks.md). TROUPE_GEMV_MAX_MB sets
+  // the limit, to measure.
   bool use_gemv(int64_t tokens, const Tensor& w) const {
-    return tokens <= gemv_max_tokens_ && w.rank() == 2 && w.size(0) * w.size(1) * 2 <= kGemvMaxWeightBytes;
+    return tokens <= gemv_max_tokens_ && w.rank() == 2 && w.size(0) * w.size(1) * 2 <= gemv_max_weight_bytes_;
   }
+  int64_t gemv_max_weight_bytes_ = [] {
+    const char* v = std::getenv("TROUPE_GEMV_MAX_MB");
+    return (v ? std::atoll(v) : int64_t{24}) << 20;
+  }();
 
   // silu_mul(gate_up) · wᵀ into out (or added to it) by the GEMV, where it takes the call.
   bool gated_gemv(const Tensor& gate_up, const Tensor& w, const Tensor& out, bool accumulate, const char* op) {

@@ -146,7 +146,7 @@ const Gemm::Plan& Gemm::plan_for(const Shape& shape, const void* bias) {
 }
 
 void Gemm::linear(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, __nv_bfloat16* out,
-                  int64_t tokens, int64_t n, int64_t k, cudaStream_t stream, bool accumulate) {
+                  int64_t tokens, int64_t n, int64_t k, cudaStream_t stream) {
   if (tokens == 0 || n == 0) return;
   if (k <= 0) throw std::invalid_argument("linear: inner dimension must be positive, got " + describe(tokens, n, k));
   const Shape shape{tokens, n, k, alignment_of(x), alignment_of(w), alignment_of(out), bias ? alignment_of(bias) : 0};
@@ -156,8 +156,8 @@ void Gemm::linear(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfl
     const void* bias_pointer = bias;
     set(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias_pointer);
   }
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  // C = D = out, the same layout: the documented in-place form (beta = 0: C is not read).
+  const float alpha = 1.0f, beta = 0.0f;
+  // beta = 0: C is not read; passing out as C (same layout as D) is the documented in-place form.
   TROUPE_CUDA_CHECK(cublasLtMatmul(handle_, plan.op, &alpha, w, plan.w_layout, x, plan.x_layout, &beta, out,
                                    plan.out_layout, out, plan.out_layout, &plan.algo, workspace_, workspace_bytes,
                                    stream));

@@ -26,9 +26,8 @@ class Gemm {
   // out[tokens, n] = x[tokens, k] · w[n, k]ᵀ (+ bias[n]), all row-major bf16, f32 accumulation.
   // Any sizes and any 2-byte-aligned pointers; aligned ones (16 bytes, k and n multiples of 8) get the
   // tensor-core kernels.
-  // accumulate: out += that instead (β = 1, out read as C), summed in f32 and rounded once.
   void linear(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, __nv_bfloat16* out,
-              int64_t tokens, int64_t n, int64_t k, cudaStream_t stream, bool accumulate = false);
+              int64_t tokens, int64_t n, int64_t k, cudaStream_t stream);
 
  private:
   // What the heuristic's choice depends on: sizes, and the alignment of each pointer (cuBLASLt assumes

@@ -43,7 +43,10 @@ std::vector<Job> mixed_jobs(int count, int vocab, uint32_t seed, int logprobs = 
 // and in an MoE model also of the router, which moves the logits further. A request may leave the
 // reference's path only where the reference's two best tokens were within `gap` in log-probability,
 // and only to one of the reference's `within` best (the jobs need logprobs ≥ within); the rest of that
-// request is not compared. Failures are reported under `what`; returns how many requests left.
+// request is not compared. Where the f32 CPU backend's outcomes of the same jobs are given and they
+// take `got`'s very tokens up to and past the departure, the departure counts as the reference's own
+// rounding (bf16 flipped a tie the other way in the reference), whatever the gap. Failures are
+// reported under `what`; returns how many requests left.
 struct NearTieRule {
   float gap;
   size_t within;
@@ -51,7 +54,7 @@ struct NearTieRule {
 constexpr NearTieRule kDenseNearTie{0.1f, 2};
 constexpr NearTieRule kMoeNearTie{0.3f, 5};
 int greedy_departures(const std::string& what, const std::vector<Outcome>& ref, const std::vector<Outcome>& got,
-                      NearTieRule rule);
+                      NearTieRule rule, const std::vector<Outcome>* f32 = nullptr);
 
 RuntimeOptions tiny_options(const std::string& preset, int tp = 1, int pp = 1, int dp = 1, bool ep = false);
 
