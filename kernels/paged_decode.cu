@@ -133,7 +133,10 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   const int rows = min(16, p.group - g0);
   const int warp = threadIdx.x / warp_size, lane = threadIdx.x % warp_size;
 
-  cp_async_wait<0>();  // the first tile's zero-filled newest row is written before its real copy below
+  // The first tile, its newest row zero-filled, has landed (every thread's part: another thread may
+  // copy that row below) before the real row is copied over it.
+  cp_async_wait<0>();
+  __syncthreads();
   const bf16* q_row0 = p.qkv + token * p.qkv_stride + static_cast<int64_t>(kv_head * p.group + g0) * D;
   load_q_tile<D, 16>(qs, [&](int r) { return r < rows ? q_row0 + r * D : nullptr; }, p.qkv);
   if (ctx - 1 < k_begin + kTileKeys) {
