@@ -17,7 +17,9 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 #include "kernels/attention_tiles.cuh"
 
@@ -27,7 +29,11 @@ namespace {
 // K/V tiles per CTA in shared memory. A CTA streams at (bytes in flight) / (latency), so deeper
 // pipelines let fewer CTAs saturate HBM, but they cost shared memory, hence CTAs per SM: on an H200
 // three stages (two CTAs per SM at head_dim 128) ran 3 to 25% slower than two (three CTAs per SM).
+// A grid of at most one CTA per SM (decode of a few sequences) has the room for more: with
+// kDeepStages, a CTA copies its first kDeepStages − 1 tiles before the wait, and a short context
+// is then on chip when rope's kernel ends.
 constexpr int kDecodeStages = 2;
+constexpr int kDeepStages = 5;
 
 struct DecodeParams {
   const bf16* qkv;
@@ -84,17 +90,18 @@ __device__ void combine_splits(const DecodeParams& p, int seq, int first_head, i
   }
 }
 
-template <int D>
-constexpr int decode_smem_bytes = (16 + kDecodeStages * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
+template <int D, int S>
+constexpr int decode_smem_bytes = (16 + S * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
 
 // Registers are capped so that this many CTAs fit an SM: as many as shared memory allows at head_dim
-// 128 and 64 (uncapped, the block-id prefetch would cost one of them), six below.
-template <int D>
-constexpr int decode_min_ctas = D >= 128 ? 3 : D >= 64 ? 5 : 6;
+// 128 and 64 (uncapped, the block-id prefetch would cost one of them), six below; one with deep
+// stages.
+template <int D, int S>
+constexpr int decode_min_ctas = S > kDecodeStages ? 1 : D >= 128 ? 3 : D >= 64 ? 5 : 6;
 
-// grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads.
-template <int D>
-__global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_kernel(const DecodeParams p) {
+// grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads; S stages of K/V tiles.
+template <int D, int S>
+__global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decode_kernel(const DecodeParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* const qs = reinterpret_cast<bf16*>(smem);
   bf16* const stages = qs + 16 * kRow<D>;  // stage i: K tile at 2i, V tile at 2i + 1
@@ -112,19 +119,22 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
                      p.block_size, p.block_shift, static_cast<int64_t>(p.num_kv_heads) * D,
                      static_cast<int64_t>(kv_head) * D};
   const int n_tiles = (k_end - k_begin + kTileKeys - 1) / kTileKeys;
-  // While the kernel before (rope and the cache write of this step's token) runs, the first tile's
-  // keys and values are copied already: all but the newest key (ctx − 1), which that kernel writes.
-  // The block ids of the next tile to load are fetched one tile early, so that a block table lookup
-  // never sits between the previous copy and the next.
-  static_assert(kDecodeStages == 2, "one tile is loaded before the loop");
+  // While the kernel before (rope and the cache write of this step's token) runs, the first S − 1
+  // tiles' keys and values are copied already: all but the newest key (ctx − 1), which that kernel
+  // writes. The block ids of the next tile to load are fetched one tile early, so that a block table
+  // lookup never sits between the previous copy and the next.
   TileSlots<D> next;
-  if (n_tiles > 0) {
-    const int old_end = min(k_end, ctx - 1);
-    next.fetch(src, k_begin, old_end);
-    load_kv_tile<D>(stages, stages + tile_elems<D>, src, k_begin, old_end, next);
-    next.fetch(src, k_begin + kTileKeys, k_end);
+  const int old_end = min(k_end, ctx - 1);
+#pragma unroll
+  for (int st = 0; st < S - 1; ++st) {
+    if (st < n_tiles) {
+      next.fetch(src, k_begin + st * kTileKeys, old_end);
+      load_kv_tile<D>(stages + 2 * st * tile_elems<D>, stages + (2 * st + 1) * tile_elems<D>, src,
+                      k_begin + st * kTileKeys, old_end, next);
+    }
+    cp_async_commit();
   }
-  cp_async_commit();
+  if (n_tiles > 0) next.fetch(src, k_begin + (S - 1) * kTileKeys, k_end);
   let_next_kernel_start();
   wait_for_previous_kernel();
   if (k_begin >= ctx) return;  // nothing of this sequence here; the combine counts only splits with keys
@@ -139,14 +149,15 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   __syncthreads();
   const bf16* q_row0 = p.qkv + token * p.qkv_stride + static_cast<int64_t>(kv_head * p.group + g0) * D;
   load_q_tile<D, 16>(qs, [&](int r) { return r < rows ? q_row0 + r * D : nullptr; }, p.qkv);
-  if (ctx - 1 < k_begin + kTileKeys) {
-    const int key = ctx - 1, row = key - k_begin;
+  if (const int tile = (ctx - 1 - k_begin) / kTileKeys; tile < S - 1) {  // the newest key was in a copied tile
+    const int key = ctx - 1, row = key - k_begin - tile * kTileKeys;
     const int index = src.block_shift >= 0 ? key >> src.block_shift : key / src.block_size;
     const int64_t at = (static_cast<int64_t>(src.table[index]) * src.block_size + (key - index * src.block_size)) *
                            src.slot_stride + src.head_offset;
+    bf16* const ks = stages + 2 * tile * tile_elems<D>;
     for (int c = threadIdx.x; c < D / 8; c += kThreads) {
-      cp_async_16(smem_u32(stages + row * kRow<D> + c * 8), src.k + at + c * 8, true);
-      cp_async_16(smem_u32(stages + tile_elems<D> + row * kRow<D> + c * 8), src.v + at + c * 8, true);
+      cp_async_16(smem_u32(ks + row * kRow<D> + c * 8), src.k + at + c * 8, true);
+      cp_async_16(smem_u32(ks + tile_elems<D> + row * kRow<D> + c * 8), src.v + at + c * 8, true);
     }
   }
   cp_async_commit();
@@ -159,19 +170,19 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   acc.init();
   const int lim[2] = {k_end - 1, k_end - 1};
   for (int t = 0; t < n_tiles; ++t) {
-    const int ahead = t + kDecodeStages - 1;
+    const int ahead = t + S - 1;
     if (ahead < n_tiles) {
-      const int st = ahead % kDecodeStages;
+      const int st = ahead % S;
       load_kv_tile<D>(stages + 2 * st * tile_elems<D>, stages + (2 * st + 1) * tile_elems<D>, src,
                       k_begin + ahead * kTileKeys, k_end, next);
     }
     cp_async_commit();  // possibly empty, so that the group count stays in step with t
     if (ahead + 1 < n_tiles) next.fetch(src, k_begin + (ahead + 1) * kTileKeys, k_end);
-    cp_async_wait<kDecodeStages - 1>();
+    cp_async_wait<S - 1>();
     __syncthreads();
     const int key0 = k_begin + t * kTileKeys + warp * 16;
     if (key0 < k_end) {
-      const int st = t % kDecodeStages;
+      const int st = t % S;
       const bf16* ks = stages + 2 * st * tile_elems<D> + warp * 16 * kRow<D>;
       const bf16* vs = stages + (2 * st + 1) * tile_elems<D> + warp * 16 * kRow<D>;
       attend<D, 16>(acc, qf, ks, vs, key0, lim, key0 + 15 >= k_end, p.scale_log2, lane);
@@ -185,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, decode_min_ctas<D>) paged_decode_ker
   float* const red_o = reinterpret_cast<float*>(stages);  // [kWarps][16][D]
   float* const red_m = red_o + kWarps * 16 * D;            // [kWarps][16]
   float* const red_l = red_m + kWarps * 16;
-  static_assert((kWarps * 16 * (D + 2)) * sizeof(float) <= 2 * kDecodeStages * kTileKeys * kRow<D> * sizeof(bf16));
+  static_assert((kWarps * 16 * (D + 2)) * sizeof(float) <= 2 * S * kTileKeys * kRow<D> * sizeof(bf16));
   const int quad_row = lane >> 2, quad = lane & 3;
   if (quad == 0) {
 #pragma unroll
@@ -279,6 +290,15 @@ int64_t choose_splits(int64_t ctas, int64_t slots, int max_context_len, int64_t 
   return best;
 }
 
+// TROUPE_ATTN_DEEP=0 keeps two stages for every grid, to measure.
+bool deep_stages() {
+  static const bool on = [] {
+    const char* v = std::getenv("TROUPE_ATTN_DEEP");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 template <int D>
 void launch(const AttentionArgs& a, cudaStream_t stream) {
   DecodeParams p{};
@@ -311,16 +331,17 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     max_splits = std::min<int64_t>((a.max_context_len + kMinSplitKeys - 1) / kMinSplitKeys,
                                    (static_cast<int64_t>(a.workspace_floats) - counters) / partial_floats);
   }
-  constexpr int smem = decode_smem_bytes<D>;
+  constexpr int smem = decode_smem_bytes<D, kDecodeStages>;
   static std::atomic<uint64_t> granted{0};
-  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D>), smem, granted);
+  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDecodeStages>), smem, granted);
   int64_t splits = 1;
   if (max_splits > 1) {
     static std::atomic<int> ctas_per_sm{0};
     if (ctas_per_sm.load(std::memory_order_relaxed) == 0) {
       int n = 0;
       TROUPE_CUDA_CHECK(
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_decode_kernel<D>, kThreads, static_cast<size_t>(smem)));
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_decode_kernel<D, kDecodeStages>, kThreads,
+                                                        static_cast<size_t>(smem)));
       ctas_per_sm.store(std::max(n, 1), std::memory_order_relaxed);
     }
     splits = choose_splits(ctas, static_cast<int64_t>(a.sm_count) * ctas_per_sm.load(std::memory_order_relaxed),
@@ -342,7 +363,14 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
 
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(a.num_kv_heads * p.row_tiles),
                   static_cast<unsigned>(a.num_seqs));
-  launch_overlapped(paged_decode_kernel<D>, grid, dim3(kThreads), static_cast<size_t>(smem), stream, p);
+  if (ctas * p.num_splits <= a.sm_count && deep_stages()) {
+    constexpr int deep = decode_smem_bytes<D, kDeepStages>;
+    static std::atomic<uint64_t> deep_granted{0};
+    allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDeepStages>), deep, deep_granted);
+    launch_overlapped(paged_decode_kernel<D, kDeepStages>, grid, dim3(kThreads), static_cast<size_t>(deep), stream, p);
+  } else {
+    launch_overlapped(paged_decode_kernel<D, kDecodeStages>, grid, dim3(kThreads), static_cast<size_t>(smem), stream, p);
+  }
   TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
 }
 
