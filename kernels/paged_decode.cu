@@ -334,8 +334,11 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   constexpr int smem = decode_smem_bytes<D, kDecodeStages>;
   static std::atomic<uint64_t> granted{0};
   allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDecodeStages>), smem, granted);
+  // A few sequences whose contexts fit the deep stages' copy before the wait: one CTA each is on chip
+  // when rope ends, where splits would add their combine (a fence, a counter, the partials' reads).
+  const bool deep_whole = deep_stages() && ctas <= a.sm_count && a.max_context_len <= kDeepStages * kTileKeys;
   int64_t splits = 1;
-  if (max_splits > 1) {
+  if (max_splits > 1 && !deep_whole) {
     static std::atomic<int> ctas_per_sm{0};
     if (ctas_per_sm.load(std::memory_order_relaxed) == 0) {
       int n = 0;
