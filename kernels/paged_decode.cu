@@ -149,7 +149,8 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   __syncthreads();
   const bf16* q_row0 = p.qkv + token * p.qkv_stride + static_cast<int64_t>(kv_head * p.group + g0) * D;
   load_q_tile<D, 16>(qs, [&](int r) { return r < rows ? q_row0 + r * D : nullptr; }, p.qkv);
-  if (const int tile = (ctx - 1 - k_begin) / kTileKeys; tile < S - 1) {  // the newest key was in a copied tile
+  // The newest key's row, where it falls in a copied tile (past this split's keys it is masked anyway).
+  if (const int tile = (ctx - 1 - k_begin) / kTileKeys; tile < S - 1) {
     const int key = ctx - 1, row = key - k_begin - tile * kTileKeys;
     const int index = src.block_shift >= 0 ? key >> src.block_shift : key / src.block_size;
     const int64_t at = (static_cast<int64_t>(src.table[index]) * src.block_size + (key - index * src.block_size)) *
@@ -161,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
     }
   }
   cp_async_commit();
-  cp_async_wait<0>();  // q and the first tile
+  cp_async_wait<0>();  // q and the newest row
   __syncthreads();
   uint32_t qf[D / 16][4];
   load_q_fragments<D>(qf, qs, lane);
