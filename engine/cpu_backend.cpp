@@ -58,6 +58,7 @@ void matvec(const float* w, const float* x, int64_t n, int64_t k, float* y) {
 
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(CpuBackendOptions options) : options_(options) {}
   Device device() const override { return Device::cpu; }
   DType compute_dtype() const override { return DType::f32; }
 
@@ -198,6 +199,11 @@ class CpuBackend final : public Backend {
       float* o = out.as<float>() + r * inter;
       for (int64_t i = 0; i < inter; ++i) o[i] = silu(g[i]) * g[inter + i];
     }
+  }
+
+  bool fuses_residual_add(int64_t tokens, const Tensor& w) const override {
+    (void)tokens, (void)w;
+    return options_.fuse_residual_add;
   }
 
   void add(const Tensor& x, const Tensor& inout) override {
@@ -360,10 +366,13 @@ class CpuBackend final : public Backend {
       for (int64_t i = 0; i < h; ++i) inout.as<float>()[r * h + i] += g * x.as<float>()[r * h + i];
     }
   }
+
+ private:
+  CpuBackendOptions options_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(CpuBackendOptions options) { return std::make_unique<CpuBackend>(options); }
 
 }  // namespace troupe

@@ -114,6 +114,33 @@ TEST_P(ModelBatch, StepsMixingChunkedPrefillAndDecodeEqualEachAlone) {
   }
 }
 
+// The residual stream's fused path (each sublayer's last projection adds its output; the CUDA
+// backend's decode steps) computes what the usual one does (the next norm adds it): the CPU backend
+// told to take it gives the same logits bit for bit, for a prefill and three decode steps.
+TEST_P(ModelBatch, FusedResidualPathEqualsTheUsualOne) {
+  const auto dir = test::tiny_model(GetParam());
+  auto usual_backend = make_cpu_backend();
+  auto fused_backend = make_cpu_backend({.fuse_residual_add = true});
+  Model usual(load_model_config(dir), WeightFiles::open(dir), *usual_backend);
+  Model fused(load_model_config(dir), WeightFiles::open(dir), *fused_backend);
+  const int vocab = usual.config().vocab_size;
+  std::mt19937 rng(11);
+  std::vector<int32_t> tokens(23);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % vocab);
+  const std::vector<int32_t> table = {2, 0, 1};
+  KvCache usual_cache = usual.allocate_kv_cache(3, kBlock), fused_cache = fused.allocate_kv_cache(3, kBlock);
+  int done = 0;
+  for (int len : {20, 1, 1, 1}) {
+    StepBatch batch;
+    batch.add_sequence(std::span(tokens).subspan(done, len), done, table, Logits::all);
+    std::vector<float> a(static_cast<size_t>(len) * vocab), b(a.size());
+    usual_backend->download(usual.forward(batch, usual_cache), a.data());
+    fused_backend->download(fused.forward(batch, fused_cache), b.data());
+    ASSERT_EQ(a, b) << "step at position " << done;
+    done += len;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, ModelBatch, ::testing::Values("tiny-llama", "tiny-qwen3-moe", "tiny-qwen2-moe"),
                          [](const auto& info) {
                            std::string n = info.param;
