@@ -87,10 +87,6 @@ __device__ __forceinline__ void wait_for_previous_kernel() { asm volatile("gridd
 // Lets the next kernel on the stream be launched now (its CTAs take the SM room this one leaves).
 __device__ __forceinline__ void let_next_kernel_start() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
-// Asks L2 to fetch the 128-byte line holding p (no register, no wait): loads issued before
-// wait_for_previous_kernel() that later reads find in L2 instead of HBM.
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
 // Whether launch_overlapped asks for programmatic dependent launch: yes unless TROUPE_PDL=0 (to measure
 // without it).
 inline bool overlapped_launches() {
