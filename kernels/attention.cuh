@@ -42,8 +42,8 @@ struct AttentionArgs {
 bool attention_supports_head_dim(int head_dim);
 
 // Floats of workspace that let the decode path split long contexts as finely as it ever wants on a
-// device of `sm_count` multiprocessors; zero it once after allocating it. Fixed per device, so that one allocation at first use serves
-// every later step (a CUDA-graph-captured step cannot allocate).
+// device of `sm_count` multiprocessors; zero it once after allocating it. Fixed per device, so that
+// one allocation at first use serves every later step (a CUDA-graph-captured step cannot allocate).
 size_t attention_workspace_floats(int sm_count);
 
 // Causal attention of each new token over its sequence's cached keys and values (which already hold

@@ -87,26 +87,26 @@ __device__ __forceinline__ void wait_for_previous_kernel() { asm volatile("gridd
 // Lets the next kernel on the stream be launched now (its CTAs take the SM room this one leaves).
 __device__ __forceinline__ void let_next_kernel_start() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
+// A measurement switch: on unless the environment sets NAME=0. Callers keep the answer in a static.
+inline bool switched_on(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 // Whether launch_overlapped asks for programmatic dependent launch: yes unless TROUPE_PDL=0 (to measure
 // without it).
 inline bool overlapped_launches() {
-  static const bool on = [] {
-    const char* v = std::getenv("TROUPE_PDL");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool on = switched_on("TROUPE_PDL");
   return on;
 }
 
 // The decode attention kernel asks for all of L1 as shared memory (kernels/attention.cu), and an SM
 // changes its L1/shared split only once it is empty: kernels that overlap it (programmatic dependent
-// launch) take the same split, or they would wait for each other to drain. TROUPE_CARVEOUT=0 leaves
-// the driver's choice, to measure.
+// launch) take the same split, or they would wait for each other to drain, so launch_overlapped asks
+// it for every kernel. TROUPE_CARVEOUT=0 leaves the driver's choice, to measure.
 template <auto Kernel>
 void prefer_max_shared_carveout() {
-  static const bool on = [] {
-    const char* v = std::getenv("TROUPE_CARVEOUT");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool on = switched_on("TROUPE_CARVEOUT");
   if (!on) return;
   static std::atomic<uint64_t> done{0};
   int device = 0;
@@ -118,12 +118,13 @@ void prefer_max_shared_carveout() {
   done.fetch_or(bit, std::memory_order_acq_rel);
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch (see above): only
-// for kernels that call wait_for_previous_kernel() in every CTA before touching what earlier kernels
-// write. Stream capture turns it into a programmatic edge of the CUDA graph.
-template <typename... Params, typename... Args>
-void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                       Args&&... args) {
+// Kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch and the shared
+// L1/shared split (see above): only for kernels that call wait_for_previous_kernel() in every CTA
+// before touching what earlier kernels write. Stream capture turns it into a programmatic edge of the
+// CUDA graph.
+template <auto Kernel, typename... Args>
+void launch_overlapped(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  prefer_max_shared_carveout<Kernel>();
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
@@ -134,7 +135,7 @@ void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
   config.numAttrs = overlapped_launches() ? 1 : 0;
-  TROUPE_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+  TROUPE_CUDA_CHECK(cudaLaunchKernelEx(&config, Kernel, std::forward<Args>(args)...));
 }
 
 }  // namespace troupe::cuda

@@ -243,8 +243,7 @@ void launch_rows(const Params& p, cudaStream_t stream) {
   const int64_t warps = (p.n + ROWS - 1) / ROWS;
   const auto blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
   const size_t smem = IN == GemvInput::plain ? 0 : static_cast<size_t>(TOKENS * p.k) * sizeof(bf16);
-  prefer_max_shared_carveout<gemv_kernel<TOKENS, ROWS, IN, ADD>>();
-  launch_overlapped(gemv_kernel<TOKENS, ROWS, IN, ADD>, dim3(blocks), dim3(kThreads), smem, stream, p);
+  launch_overlapped<gemv_kernel<TOKENS, ROWS, IN, ADD>>(dim3(blocks), dim3(kThreads), smem, stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 

@@ -17,9 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
-#include <cstdlib>
 #include <stdexcept>
-#include <string>
 
 #include "kernels/attention_tiles.cuh"
 
@@ -293,10 +291,7 @@ int64_t choose_splits(int64_t ctas, int64_t slots, int max_context_len, int64_t 
 
 // TROUPE_ATTN_DEEP=0 keeps two stages for every grid, to measure.
 bool deep_stages() {
-  static const bool on = [] {
-    const char* v = std::getenv("TROUPE_ATTN_DEEP");
-    return v == nullptr || std::string(v) != "0";
-  }();
+  static const bool on = switched_on("TROUPE_ATTN_DEEP");
   return on;
 }
 
@@ -371,9 +366,9 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     constexpr int deep = decode_smem_bytes<D, kDeepStages>;
     static std::atomic<uint64_t> deep_granted{0};
     allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDeepStages>), deep, deep_granted);
-    launch_overlapped(paged_decode_kernel<D, kDeepStages>, grid, dim3(kThreads), static_cast<size_t>(deep), stream, p);
+    launch_overlapped<paged_decode_kernel<D, kDeepStages>>(grid, dim3(kThreads), static_cast<size_t>(deep), stream, p);
   } else {
-    launch_overlapped(paged_decode_kernel<D, kDecodeStages>, grid, dim3(kThreads), static_cast<size_t>(smem), stream, p);
+    launch_overlapped<paged_decode_kernel<D, kDecodeStages>>(grid, dim3(kThreads), static_cast<size_t>(smem), stream, p);
   }
   TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
 }

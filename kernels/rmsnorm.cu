@@ -99,14 +99,12 @@ void launch(bf16* residual, const bf16* x, const bf16* weight, bf16* out, int64_
   const dim3 grid(static_cast<unsigned>(rows));
   const int w = static_cast<int>(width);
   if (vectorised) {
-    prefer_max_shared_carveout<rms_norm_kernel<8, kAddResidual>>();
-    launch_overlapped(rms_norm_kernel<8, kAddResidual>, grid, dim3(block_threads(width / 8, max_threads)), 0, stream,
-                      residual, x, weight, out, w, eps);
+    launch_overlapped<rms_norm_kernel<8, kAddResidual>>(grid, dim3(block_threads(width / 8, max_threads)), 0, stream,
+                                                          residual, x, weight, out, w, eps);
     TROUPE_CUDA_CHECK_LAUNCH(rms_norm_kernel<8>);
   } else {
-    prefer_max_shared_carveout<rms_norm_kernel<1, kAddResidual>>();
-    launch_overlapped(rms_norm_kernel<1, kAddResidual>, grid, dim3(block_threads(width, max_threads)), 0, stream,
-                      residual, x, weight, out, w, eps);
+    launch_overlapped<rms_norm_kernel<1, kAddResidual>>(grid, dim3(block_threads(width, max_threads)), 0, stream,
+                                                          residual, x, weight, out, w, eps);
     TROUPE_CUDA_CHECK_LAUNCH(rms_norm_kernel<1>);
   }
 }

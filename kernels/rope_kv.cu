@@ -156,20 +156,17 @@ void rope_store_kv(const RopeStoreArgs& a, cudaStream_t stream) {
   // head_dim 16, 32, 64, 128 or 256.
   if (norm && vectorised && aligned(a.q_norm, 16) && aligned(a.k_norm, 16) && (groups & (groups - 1)) == 0 &&
       groups <= 32) {
-    prefer_max_shared_carveout<rope_store_kv_kernel<8, true>>();
-    launch_overlapped(rope_store_kv_kernel<8, true>, grid, dim3(threads), 0, stream, a);
+    launch_overlapped<rope_store_kv_kernel<8, true>>(grid, dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
     return;
   }
   if (norm)
     qk_norm(a.qkv, a.num_tokens, a.num_heads, a.num_kv_heads, a.head_dim, a.q_norm, a.k_norm, a.norm_eps, stream);
   if (vectorised) {
-    prefer_max_shared_carveout<rope_store_kv_kernel<8, false>>();
-    launch_overlapped(rope_store_kv_kernel<8, false>, grid, dim3(threads), 0, stream, a);
+    launch_overlapped<rope_store_kv_kernel<8, false>>(grid, dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
   } else {
-    prefer_max_shared_carveout<rope_store_kv_kernel<1, false>>();
-    launch_overlapped(rope_store_kv_kernel<1, false>, grid, dim3(threads), 0, stream, a);
+    launch_overlapped<rope_store_kv_kernel<1, false>>(grid, dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
   }
 }
