@@ -3,11 +3,14 @@
 #include "actors/metrics.hpp"
 #include "engine/timed_communicator.hpp"
 
+#include <boost/json.hpp>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
+#include <string_view>
 
 #include "config/model_config.hpp"
 #include "engine/cpu_backend.hpp"
@@ -37,10 +40,13 @@ struct WorkerState {
   // TROUPE_DUMP_ROUTING=<path>, a debugging aid for MoE router near-ties (a token whose k-th and
   // (k+1)-th router logits are almost equal, so bf16 rounding may pick another expert than a
   // reference implementation): tensor-parallel rank 0 appends one JSON line per eager step and MoE
-  // layer, {"step", "rank", "layer", "top_k", "ids": [tokens x top_k expert ids, row-major]}.
-  // Replayed CUDA graphs report no routing (--enforce-eager for decode steps). tools/router_near_ties.py
-  // reads it.
+  // layer, {"step", "rank", "layer", "top_k", "seqs", "chunk": the step's sequences and their new
+  // tokens in row order, "ids": [tokens x top_k expert ids, row-major]}; with
+  // TROUPE_DUMP_ROUTER_LOGITS=1 also, before it, {"step", "rank", "layer", "router_logits": [tokens x
+  // experts]}. Replayed CUDA graphs report no routing (--enforce-eager for decode steps).
+  // tools/router_near_ties.py and tools/layout_router_ties.py read it.
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> routing_dump{nullptr, &std::fclose};
+  bool dump_router_logits = false;
   static inline const char* name = "worker";
 
   // Once the engine failed, a peer GPU may spin for good in a collective that waits for the failed
@@ -149,6 +155,8 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           if (const char* path = std::getenv("TROUPE_DUMP_ROUTING"); path && *path && sp.shard.tp_rank == 0) {
             self->state.routing_dump.reset(std::fopen(path, "a"));
             if (!self->state.routing_dump) throw std::runtime_error(std::string("TROUPE_DUMP_ROUTING: cannot open ") + path);
+            const char* logits = std::getenv("TROUPE_DUMP_ROUTER_LOGITS");
+            self->state.dump_router_logits = logits && std::string_view(logits) == "1";
           }
           info.kv_bytes_per_block = self->state.runner->kv_bytes_per_block(1);
           return info;
@@ -183,6 +191,13 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
         }
         std::vector<int64_t> routed;
         std::string dumped;  // this step's TROUPE_DUMP_ROUTING lines, written at once after it
+        // One line of the dump: the step, the rank, the layer, then `what`.
+        auto dump = [&](int layer, std::initializer_list<std::pair<boost::json::string_view, boost::json::value>> what) {
+          boost::json::object line{{"step", plan->step}, {"rank", st.spec.rank}, {"layer", layer}};
+          for (const auto& [key, value] : what) line[key] = value;
+          dumped += boost::json::serialize(line);
+          dumped += '\n';
+        };
         // Tensor-parallel ranks route the same tokens: one of them reports.
         if (!st.spec.expert_shards.empty() && st.spec.shard.tp_rank == 0)
           routed.assign(st.runner->model().config().num_experts, 0);
@@ -191,36 +206,17 @@ caf::behavior worker(caf::stateful_actor<WorkerState>* self, WorkerSpec spec) {
           hooks.routing = [&, top_k](int layer, std::span<const int32_t> ids) {
             if (!routed.empty())
               for (int32_t e : ids) ++routed[e];
-            if (!st.routing_dump) return;
-            // The step's sequences and their new tokens, in row order, so that a reader can tell whose
-            // rows the ids are when several sequences share a step.
-            dumped += "{\"step\":" + std::to_string(plan->step) + ",\"rank\":" + std::to_string(st.spec.rank) +
-                      ",\"layer\":" + std::to_string(layer) + ",\"top_k\":" + std::to_string(top_k) + ",\"seqs\":[";
-            for (size_t i = 0; i < plan->seqs.size(); ++i) dumped += (i ? "," : "") + std::to_string(plan->seqs[i]);
-            dumped += "],\"chunk\":[";
-            for (size_t i = 0; i < plan->chunk.size(); ++i) dumped += (i ? "," : "") + std::to_string(plan->chunk[i]);
-            dumped += "],\"ids\":[";
-            for (size_t i = 0; i < ids.size(); ++i) dumped += (i ? "," : "") + std::to_string(ids[i]);
-            dumped += "]}\n";
+            if (st.routing_dump)
+              dump(layer, {{"top_k", top_k},
+                           {"seqs", boost::json::array(plan->seqs.begin(), plan->seqs.end())},
+                           {"chunk", boost::json::array(plan->chunk.begin(), plan->chunk.end())},
+                           {"ids", boost::json::array(ids.begin(), ids.end())}});
           };
         }
-        // TROUPE_DUMP_ROUTER_LOGITS=1 with it: a line of each MoE layer's router logits before its ids.
-        static const bool dump_logits = [] {
-          const char* v = std::getenv("TROUPE_DUMP_ROUTER_LOGITS");
-          return v && std::string(v) == "1";
-        }();
-        if (st.routing_dump && dump_logits) {
+        if (st.routing_dump && st.dump_router_logits)
           hooks.router_logits = [&](int layer, std::span<const float> logits) {
-            dumped += "{\"step\":" + std::to_string(plan->step) + ",\"rank\":" + std::to_string(st.spec.rank) +
-                      ",\"layer\":" + std::to_string(layer) + ",\"router_logits\":[";
-            char buf[32];
-            for (size_t i = 0; i < logits.size(); ++i) {
-              std::snprintf(buf, sizeof buf, "%s%.9g", i ? "," : "", static_cast<double>(logits[i]));
-              dumped += buf;
-            }
-            dumped += "]}\n";
+            dump(layer, {{"router_logits", boost::json::array(logits.begin(), logits.end())}});
           };
-        }
         const auto start = trace ? trace->now() : TraceRecorder::Clock::time_point{};
         // GPU collectives: times of earlier sampled steps whose events have completed, and whether
         // this step is sampled. A sampled step runs eagerly (a replayed graph's collectives cannot
