@@ -293,9 +293,7 @@ class CudaBackend final : public Backend {
       require_bf16(norm_weight, op);
       require(norm_weight.numel() == k, op, "norm weight " + norm_weight.describe() + " for w " + w.describe());
       bind();
-      cuda::GemvCall c;
-      c.x = bf16_in(x), c.w = bf16_in(w), c.bias = bias ? bf16_in(*bias) : nullptr, c.out = bf16_out(out);
-      c.tokens = tokens, c.n = w.size(0), c.k = k;
+      cuda::GemvCall c = gemv_call(x, w, bias, out, tokens);
       c.input = cuda::GemvInput::rms_norm, c.norm_weight = bf16_in(norm_weight), c.eps = eps;
       if (cuda::small_batch_gemv(c, stream_)) return;
     }
@@ -608,17 +606,12 @@ class CudaBackend final : public Backend {
   bool project(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out, const char* op,
                bool accumulate) {
     const int64_t tokens = check_projection(x, w, bias, out, op);
-    const int64_t n = w.size(0), k = w.size(1);
     bind();
-    const __nv_bfloat16* b = bias ? bf16_in(*bias) : nullptr;
-    if (use_gemv(tokens, w)) {
-      cuda::GemvCall c;
-      c.x = bf16_in(x), c.w = bf16_in(w), c.bias = b, c.out = bf16_out(out), c.tokens = tokens, c.n = n, c.k = k;
-      c.add_to_out = accumulate;
-      if (cuda::small_batch_gemv(c, stream_)) return true;
-    }
+    cuda::GemvCall c = gemv_call(x, w, bias, out, tokens);
+    c.add_to_out = accumulate;
+    if (use_gemv(tokens, w) && cuda::small_batch_gemv(c, stream_)) return true;
     if (accumulate) return false;
-    gemm_->linear(bf16_in(x), bf16_in(w), b, bf16_out(out), tokens, n, k, stream_);
+    gemm_->linear(c.x, c.w, c.bias, c.out, tokens, c.n, c.k, stream_);
     return true;
   }
 
@@ -636,6 +629,16 @@ class CudaBackend final : public Backend {
     return (v ? std::atoll(v) : int64_t{24}) << 20;
   }();
 
+  // kernels/gemv.cu's call for out = x · w[N, K]ᵀ (+ bias) over `tokens` rows; what it fuses is the
+  // caller's to set.
+  static cuda::GemvCall gemv_call(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out,
+                                  int64_t tokens) {
+    cuda::GemvCall c;
+    c.x = bf16_in(x), c.w = bf16_in(w), c.bias = bias ? bf16_in(*bias) : nullptr, c.out = bf16_out(out);
+    c.tokens = tokens, c.n = w.size(0), c.k = w.size(1);
+    return c;
+  }
+
   // silu_mul(gate_up) · wᵀ into out (or added to it) by the GEMV, where it takes the call.
   bool gated_gemv(const Tensor& gate_up, const Tensor& w, const Tensor& out, bool accumulate, const char* op) {
     const int64_t width = gate_up.rank() >= 1 ? gate_up.size(-1) : 0;
@@ -647,8 +650,7 @@ class CudaBackend final : public Backend {
     require(w.rank() == 2 && 2 * w.size(1) == width && out.numel() == tokens * w.size(0), op,
             "gate_up " + gate_up.describe() + ", w " + w.describe() + ", out " + out.describe());
     bind();
-    cuda::GemvCall c;
-    c.x = bf16_in(gate_up), c.w = bf16_in(w), c.out = bf16_out(out), c.tokens = tokens, c.n = w.size(0), c.k = w.size(1);
+    cuda::GemvCall c = gemv_call(gate_up, w, nullptr, out, tokens);
     c.input = cuda::GemvInput::silu_mul, c.add_to_out = accumulate;
     return cuda::small_batch_gemv(c, stream_);
   }
