@@ -514,21 +514,20 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
   // steps of many tokens keep the arithmetic of the unfused ops.
   bool pending = false;
   auto add_in_projection = [&](const Tensor& weight) { return !comms_.tp && be.fuses_residual_add(t, weight); };
-  auto norm_linear = [&](const Tensor& norm, const Tensor& weight, const Tensor* bias, const Tensor& out) {
-    if (pending) {
-      be.add_rms_norm(residual, delta, norm, eps, x);
-      be.linear(x, weight, bias, out);
-    } else {
-      be.rms_norm_linear(residual, norm, eps, weight, bias, x, out);
-    }
-    pending = false;
-  };
   auto norm_into_x = [&](const Tensor& norm) {
     if (pending)
       be.add_rms_norm(residual, delta, norm, eps, x);
     else
       be.rms_norm(residual, norm, eps, x);
     pending = false;
+  };
+  auto norm_linear = [&](const Tensor& norm, const Tensor& weight, const Tensor* bias, const Tensor& out) {
+    if (pending) {
+      norm_into_x(norm);
+      be.linear(x, weight, bias, out);
+    } else {
+      be.rms_norm_linear(residual, norm, eps, weight, bias, x, out);
+    }
   };
   auto delta_complete = [&] {
     if (comms_.tp) comms_.tp->all_reduce(delta);
