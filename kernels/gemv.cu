@@ -1,6 +1,5 @@
 #include "kernels/gemv.cuh"
 
-#include <algorithm>
 #include <cstdint>
 
 #include "kernels/common.cuh"
