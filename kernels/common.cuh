@@ -83,7 +83,53 @@ __device__ __forceinline__ float block_sum(float v) {
 // first loads one after another. Every CTA of such a kernel calls the wait, even one with no work, so
 // that the kernel cannot finish before the one it follows. Where the kernel was launched plainly, both
 // calls do nothing.
+#ifdef TROUPE_KERNEL_CLOCK
+}  // namespace troupe::cuda
+#include "kernels/kernel_clock.hpp"
+namespace troupe::cuda {
+namespace {
+__device__ void* kernel_clock_device_buffer;  // this translation unit's copy, set at its first launch
+bool kernel_clock_bound = false;
+}  // namespace
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ void wait_for_previous_kernel() {
+  const uint64_t before = global_ns();
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  const uint64_t after = global_ns();
+  if (threadIdx.x == 0 && kernel_clock_device_buffer != nullptr) {
+    auto* count = static_cast<unsigned long long*>(kernel_clock_device_buffer);
+    const unsigned long long i = atomicAdd(count, 1ull);
+    if (i < kKernelClockRecords) {
+      uint32_t sm, smem;
+      asm volatile("mov.u32 %0, %smid;" : "=r"(sm));
+      asm volatile("mov.u32 %0, %dynamic_smem_size;" : "=r"(smem));
+      auto* r = reinterpret_cast<KernelClockRecord*>(static_cast<char*>(kernel_clock_device_buffer) + 16) + i;
+      *r = {before, after, gridDim.x * gridDim.y * gridDim.z, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), sm, smem};
+    }
+  }
+}
+// A point inside a kernel: thread 0 of each CTA records the time, tagged.
+__device__ __forceinline__ void clock_mark(uint32_t tag) {
+  if (threadIdx.x == 0 && kernel_clock_device_buffer != nullptr) {
+    const uint64_t now = global_ns();
+    auto* count = static_cast<unsigned long long*>(kernel_clock_device_buffer);
+    const unsigned long long i = atomicAdd(count, 1ull);
+    if (i < kKernelClockRecords) {
+      uint32_t sm;
+      asm volatile("mov.u32 %0, %smid;" : "=r"(sm));
+      auto* r = reinterpret_cast<KernelClockRecord*>(static_cast<char*>(kernel_clock_device_buffer) + 16) + i;
+      *r = {now, now, 0x80000000u | tag, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), sm, 0};
+    }
+  }
+}
+#else
 __device__ __forceinline__ void wait_for_previous_kernel() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void clock_mark(uint32_t) {}
+#endif
 // Lets the next kernel on the stream be launched now (its CTAs take the SM room this one leaves).
 __device__ __forceinline__ void let_next_kernel_start() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
@@ -121,21 +167,41 @@ void prefer_max_shared_carveout() {
 // Kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch and the shared
 // L1/shared split (see above): only for kernels that call wait_for_previous_kernel() in every CTA
 // before touching what earlier kernels write. Stream capture turns it into a programmatic edge of the
-// CUDA graph.
+// CUDA graph. cluster_x > 1: the grid in thread-block clusters of cluster_x CTAs along x.
 template <auto Kernel, typename... Args>
-void launch_overlapped(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+void launch_overlapped_clusters(dim3 grid, unsigned cluster_x, dim3 block, size_t smem, cudaStream_t stream,
+                                Args&&... args) {
   prefer_max_shared_carveout<Kernel>();
+#ifdef TROUPE_KERNEL_CLOCK
+  if (!kernel_clock_bound) {
+    void* buffer = kernel_clock_buffer();
+    TROUPE_CUDA_CHECK(cudaMemcpyToSymbol(kernel_clock_device_buffer, &buffer, sizeof buffer));
+    kernel_clock_bound = true;
+  }
+#endif
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = overlapped_launches() ? 1 : 0;
+  cudaLaunchAttribute attributes[2]{};
+  unsigned count = 0;
+  if (overlapped_launches()) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_x > 1) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count++].val.clusterDim = {cluster_x, 1, 1};
+  }
+  config.attrs = attributes;
+  config.numAttrs = count;
   TROUPE_CUDA_CHECK(cudaLaunchKernelEx(&config, Kernel, std::forward<Args>(args)...));
+}
+
+template <auto Kernel, typename... Args>
+void launch_overlapped(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  launch_overlapped_clusters<Kernel>(grid, 1, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace troupe::cuda

@@ -24,6 +24,9 @@
 #include "kernels/elementwise.cuh"
 #include "kernels/gemm.hpp"
 #include "kernels/gemv.cuh"
+#ifdef TROUPE_KERNEL_CLOCK
+#include "kernels/kernel_clock.hpp"
+#endif
 #include "kernels/moe_experts.cuh"
 #include "kernels/moe_routing.cuh"
 #include "kernels/qk_norm.cuh"
@@ -104,6 +107,9 @@ class CudaBackend final : public Backend {
     // Nothing here may throw; errors at teardown (a dead context, process exit) have nowhere to go.
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
+#ifdef TROUPE_KERNEL_CLOCK
+    cuda::dump_kernel_clock();
+#endif
     gemm_.reset();
     cudaStreamDestroy(stream_);
     cudaGetLastError();

@@ -14,6 +14,8 @@
 //
 // Measured on an H200 (tools/attention_bench.cu; docs/attention.md): 85-93% of the bandwidth of a
 // device-to-device copy from 32 sequences of 4096 keys up, 57-70% for one to eight long sequences.
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -32,6 +34,12 @@ namespace {
 // is then on chip when rope's kernel ends.
 constexpr int kDecodeStages = 2;
 constexpr int kDeepStages = 5;
+
+// A step of at most kClusterMaxSeqs sequences (× row tiles) splits every context over a cluster of
+// kClusterSplits CTAs (paged_decode_kernel's CLUSTER): at batch 1 the cache of a kv head is read by
+// 8 SMs instead of one, and the split costs no round trip through global memory.
+constexpr int kClusterSplits = 8;
+constexpr int kClusterMaxSeqs = 4;
 
 struct DecodeParams {
   const bf16* qkv;
@@ -88,6 +96,46 @@ __device__ void combine_splits(const DecodeParams& p, int seq, int first_head, i
   }
 }
 
+// CLUSTER: once every CTA of the cluster has its partial in shared memory, CTA r combines the
+// elements r, r + n, … of the group's rows × D / 4 float4 columns, reading the n partials in split
+// order with combine_splits' arithmetic; then all wait again, so that no CTA leaves while another
+// still reads its shared memory.
+template <int D, int N>
+__device__ void combine_cluster(const DecodeParams& p, float* cluster_o, float* cluster_ml, int first_head, int rows,
+                                int token) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const int rank = static_cast<int>(cluster.block_rank());
+  for (int c = rank * kThreads + threadIdx.x; c < rows * (D / 4); c += N * kThreads) {
+    const int row = c / (D / 4), col = (c % (D / 4)) * 4;
+    // Every partial's loads first, so that the N reads of other SMs' shared memory overlap.
+    float2 ml[N];
+    float4 part[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      ml[i] = *reinterpret_cast<const float2*>(cluster.map_shared_rank(cluster_ml, i) + row * 2);
+      part[i] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(cluster_o, i) + row * D + col);
+    }
+    float m = -INFINITY, l = 0.0f;
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      if (ml[i].x == -INFINITY) continue;  // a split whose keys were all masked adds nothing
+      const float m_new = fmaxf(m, ml[i].x);
+      const float old = fast_exp2(m - m_new), w = fast_exp2(ml[i].x - m_new);
+      l = l * old + ml[i].y * w;
+      o.x = o.x * old + part[i].x * w, o.y = o.y * old + part[i].y * w;
+      o.z = o.z * old + part[i].z * w, o.w = o.w * old + part[i].w * w;
+      m = m_new;
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const uint2 packed{pack_bf16(o.x * inv, o.y * inv), pack_bf16(o.z * inv, o.w * inv)};
+    *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(first_head + row) * D + col) = packed;
+  }
+  cluster.sync();
+}
+
 template <int D, int S>
 constexpr int decode_smem_bytes = (16 + S * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
 
@@ -98,7 +146,11 @@ template <int D, int S>
 constexpr int decode_min_ctas = S > kDecodeStages ? 1 : D >= 128 ? 3 : D >= 64 ? 5 : 6;
 
 // grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads; S stages of K/V tiles.
-template <int D, int S>
+// CLUSTER: the num_splits CTAs of a (sequence, kv head, row tile) are one thread-block cluster; each
+// takes its share of that sequence's own context (whole tiles, ranges that depend on the context
+// length alone, so a sequence's result does not depend on what else shares the step), and they
+// combine through each other's shared memory, with no counter, fence or partials in global memory.
+template <int D, int S, bool CLUSTER = false>
 __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decode_kernel(const DecodeParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* const qs = reinterpret_cast<bf16*>(smem);
@@ -109,10 +161,12 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   const int seq = blockIdx.z;
   // Context lengths and block tables are step inputs, copied in before the step's first kernel.
   const int ctx = p.context_lens[seq];
-  const int k_begin = split * p.split_keys;
   // The last split takes whatever remains, so that a context longer than the max_context_len the
   // splits were sized for (a CUDA graph captured at another step's lengths) is still read whole.
-  const int k_end = split == p.num_splits - 1 ? ctx : min(ctx, k_begin + p.split_keys);
+  const int split_keys =
+      CLUSTER ? (ctx + kTileKeys * p.num_splits - 1) / (kTileKeys * p.num_splits) * kTileKeys : p.split_keys;
+  const int k_begin = min(ctx, split * split_keys);
+  const int k_end = split == p.num_splits - 1 ? ctx : min(ctx, k_begin + split_keys);
   const KvSource src{p.k_cache, p.v_cache, p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq,
                      p.block_size, p.block_shift, static_cast<int64_t>(p.num_kv_heads) * D,
                      static_cast<int64_t>(kv_head) * D};
@@ -135,7 +189,9 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   if (n_tiles > 0) next.fetch(src, k_begin + (S - 1) * kTileKeys, k_end);
   let_next_kernel_start();
   wait_for_previous_kernel();
-  if (k_begin >= ctx) return;  // nothing of this sequence here; the combine counts only splits with keys
+  // Nothing of this sequence here; the combine counts only splits with keys. A cluster's CTA stays:
+  // the others read its (empty) partial.
+  if (!CLUSTER && k_begin >= ctx) return;
   const int token = p.query_start[seq];
   const int g0 = row_tile * 16;
   const int rows = min(16, p.group - g0);
@@ -145,10 +201,11 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   // copy that row below) before the real row is copied over it.
   cp_async_wait<0>();
   __syncthreads();
+  clock_mark(1);
   const bf16* q_row0 = p.qkv + token * p.qkv_stride + static_cast<int64_t>(kv_head * p.group + g0) * D;
   load_q_tile<D, 16>(qs, [&](int r) { return r < rows ? q_row0 + r * D : nullptr; }, p.qkv);
   // The newest key's row, where it falls in a copied tile (past this split's keys it is masked anyway).
-  if (const int tile = (ctx - 1 - k_begin) / kTileKeys; tile < S - 1) {
+  if (const int tile = (ctx - 1 - k_begin) / kTileKeys; ctx - 1 >= k_begin && tile < S - 1) {
     const int key = ctx - 1, row = key - k_begin - tile * kTileKeys;
     const int index = src.block_shift >= 0 ? key >> src.block_shift : key / src.block_size;
     const int64_t at = (static_cast<int64_t>(src.table[index]) * src.block_size + (key - index * src.block_size)) *
@@ -162,6 +219,7 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   cp_async_commit();
   cp_async_wait<0>();  // q and the newest row
   __syncthreads();
+  clock_mark(2);
   uint32_t qf[D / 16][4];
   load_q_fragments<D>(qf, qs, lane);
 
@@ -189,13 +247,16 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
     __syncthreads();  // before the next iteration's load reuses this stage
   }
   acc.finish_sums();
+  clock_mark(3);
 
   // Merge the four warps' states through shared memory, which the K/V stages no longer need.
   cp_async_wait<0>();
   float* const red_o = reinterpret_cast<float*>(stages);  // [kWarps][16][D]
   float* const red_m = red_o + kWarps * 16 * D;            // [kWarps][16]
   float* const red_l = red_m + kWarps * 16;
-  static_assert((kWarps * 16 * (D + 2)) * sizeof(float) <= 2 * S * kTileKeys * kRow<D> * sizeof(bf16));
+  float* const cluster_o = red_l + kWarps * 16;  // CLUSTER: this CTA's partial, [16][D], then [16] (max, sum)
+  float* const cluster_ml = cluster_o + 16 * D;
+  static_assert(((kWarps + 1) * 16 * (D + 2)) * sizeof(float) <= 2 * S * kTileKeys * kRow<D> * sizeof(bf16));
   const int quad_row = lane >> 2, quad = lane & 3;
   if (quad == 0) {
 #pragma unroll
@@ -231,7 +292,10 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
       o[3] += v.w * f;
     }
     const int head = kv_head * p.group + g0 + row;
-    if (p.num_splits == 1) {
+    if constexpr (CLUSTER) {
+      *reinterpret_cast<float4*>(cluster_o + row * D + col) = make_float4(o[0], o[1], o[2], o[3]);
+      if (col == 0) *reinterpret_cast<float2*>(cluster_ml + row * 2) = make_float2(m_all, l);
+    } else if (p.num_splits == 1) {
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
       const uint2 packed{pack_bf16(o[0] * inv, o[1] * inv), pack_bf16(o[2] * inv, o[3] * inv)};
       *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(head) * D + col) = packed;
@@ -240,6 +304,12 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
       *reinterpret_cast<float4*>(p.partial_out + part * D + col) = make_float4(o[0], o[1], o[2], o[3]);
       if (col == 0) *reinterpret_cast<float2*>(p.partial_ml + part * 2) = make_float2(m_all, l);
     }
+  }
+  clock_mark(4);
+  if constexpr (CLUSTER) {
+    combine_cluster<D, kClusterSplits>(p, cluster_o, cluster_ml, kv_head * p.group + g0, rows, token);
+    clock_mark(5);
+    return;
   }
   if (p.num_splits == 1) return;
   // Publish this split's partials, then take a ticket; the CTA that takes the last one combines.
@@ -256,6 +326,7 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   if (!last) return;
   __threadfence();
   combine_splits<D>(p, seq, kv_head * p.group + g0, rows, n, token);
+  clock_mark(5);
 }
 
 // How many equal ranges of keys to split each context into, when `ctas` CTAs (sequences × kv heads
@@ -289,6 +360,12 @@ int64_t choose_splits(int64_t ctas, int64_t slots, int max_context_len, int64_t 
   return best;
 }
 
+// TROUPE_ATTN_CLUSTER=0 turns the cluster split off, to measure.
+bool cluster_split() {
+  static const bool on = switched_on("TROUPE_ATTN_CLUSTER");
+  return on;
+}
+
 // TROUPE_ATTN_DEEP=0 keeps two stages for every grid, to measure.
 bool deep_stages() {
   static const bool on = switched_on("TROUPE_ATTN_DEEP");
@@ -317,6 +394,31 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   p.scale_log2 = a.scale * kLog2e;
 
   const int64_t ctas = static_cast<int64_t>(a.num_seqs) * a.num_kv_heads * p.row_tiles;
+  constexpr int smem = decode_smem_bytes<D, kDecodeStages>;
+  if (cluster_split() && a.num_seqs * p.row_tiles <= kClusterMaxSeqs) {
+    p.num_splits = kClusterSplits;
+    p.split_keys = 0;  // each sequence's own, in the kernel
+    const dim3 grid(kClusterSplits, static_cast<unsigned>(a.num_kv_heads * p.row_tiles), static_cast<unsigned>(a.num_seqs));
+    // Deep stages where a CTA may hold more than one tile of keys and the grid fills at most half the
+    // SMs (an H100, qwen3-0.6b at batch 1: context 2048 0.967 ms a step with them, 1.060 without;
+    // context 256 with graphs sized for 304 keys 0.86 with, 0.835 without; batch 2 at 2048 1.70 with,
+    // 1.46 without).
+    if (deep_stages() && a.max_context_len > kClusterSplits * kTileKeys && 2 * ctas * kClusterSplits <= a.sm_count) {
+      constexpr int deep = decode_smem_bytes<D, kDeepStages>;
+      static std::atomic<uint64_t> granted_deep{0};
+      allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDeepStages, true>), deep,
+                          granted_deep);
+      launch_overlapped_clusters<paged_decode_kernel<D, kDeepStages, true>>(
+          grid, kClusterSplits, dim3(kThreads), static_cast<size_t>(deep), stream, p);
+    } else {
+      static std::atomic<uint64_t> granted{0};
+      allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDecodeStages, true>), smem, granted);
+      launch_overlapped_clusters<paged_decode_kernel<D, kDecodeStages, true>>(
+          grid, kClusterSplits, dim3(kThreads), static_cast<size_t>(smem), stream, p);
+    }
+    TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
+    return;
+  }
   const int64_t partial_floats = static_cast<int64_t>(a.num_seqs) * a.num_heads * (D + 2);
   // The split counters sit at the end of the workspace; a launch with more groups than counters
   // does not split.
@@ -327,7 +429,6 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     max_splits = std::min<int64_t>((a.max_context_len + kMinSplitKeys - 1) / kMinSplitKeys,
                                    (static_cast<int64_t>(a.workspace_floats) - counters) / partial_floats);
   }
-  constexpr int smem = decode_smem_bytes<D, kDecodeStages>;
   static std::atomic<uint64_t> granted{0};
   allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDecodeStages>), smem, granted);
   // A few sequences whose contexts fit the deep stages' copy before the wait: one CTA each is on chip

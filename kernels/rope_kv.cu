@@ -41,6 +41,7 @@ struct Lane<8> {
   }
   static __device__ __forceinline__ void store(bf16* p, const Bf16x8& v) { store8(p, v); }
   static __device__ __forceinline__ void copy(const bf16* src, bf16* dst) { store8(dst, load8(src)); }
+  static __device__ __forceinline__ Bf16x8 raw(const bf16* p) { return load8(p); }
 };
 
 template <>
@@ -50,6 +51,7 @@ struct Lane<1> {
   static __device__ __forceinline__ bf16 pack(const float (&v)[1]) { return __float2bfloat16_rn(v[0]); }
   static __device__ __forceinline__ void store(bf16* p, bf16 v) { *p = v; }
   static __device__ __forceinline__ void copy(const bf16* src, bf16* dst) { *dst = *src; }
+  static __device__ __forceinline__ bf16 raw(const bf16* p) { return *p; }
 };
 
 // NORM: the `groups` threads of a head (consecutive lanes, a power of two) sum its squares by
@@ -65,30 +67,43 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
   const int slot = a.slot_mapping[t];
   const bool rotate = pos >= 0 && pos < a.max_positions;
   const bool cache = slot >= 0 && slot < a.num_slots;
-  // Positions and slots are step inputs, copied in before the step's first kernel: read before the wait.
-  let_next_kernel_start();
-  wait_for_previous_kernel();
-
   const int groups = half / kVec;  // vectors per half head
   const int items = (a.num_heads + a.num_kv_heads) * groups;
   const int rounds = (items + blockDim.x - 1) / blockDim.x;
+  // Positions and slots are step inputs, copied in before the step's first kernel, and cos, sin and
+  // the norm weights are constants: the first round's are read before the wait, so that after it
+  // only the loads of this step's q, k and v (in flight together) stand between the wait and the stores.
+  float c[kVec], s[kVec], g1[kVec], g2[kVec];
+  auto load_constants = [&](int item) {
+    const int h = item / groups, i = (item - h * groups) * kVec;
+    if (rotate) {
+      L::load(a.cos + static_cast<int64_t>(pos) * half + i, c);
+      L::load(a.sin + static_cast<int64_t>(pos) * half + i, s);
+    }
+    if (NORM) {
+      const bf16* const w = h < a.num_heads ? a.q_norm : a.k_norm;
+      L::load(w + i, g1);
+      L::load(w + half + i, g2);
+    }
+  };
+  if (static_cast<int>(threadIdx.x) < items) load_constants(threadIdx.x);
+  let_next_kernel_start();
+  wait_for_previous_kernel();
+
+  // The v this thread copies into the cache first, loaded now beside the rope's loads.
+  const bf16* const v_src = row + q_size + kv_size;
+  bf16* const v_dst = a.v_cache + static_cast<int64_t>(slot) * kv_size;
+  const int v0 = threadIdx.x * kVec;
+  decltype(L::raw(v_src)) v_first{};
+  if (cache && v0 < kv_size) v_first = L::raw(v_src + v0);
+
   for (int r = 0; r < rounds; ++r) {
     const int item = r * blockDim.x + threadIdx.x;
     const bool active = item < items;
     const int h = active ? item / groups : 0, i = active ? (item - h * groups) * kVec : 0;
     bf16* const x = row + h * d + i;
     float x1[kVec], x2[kVec], y1[kVec], y2[kVec];
-    // The loads that do not depend on x first, so that all of them are in flight at once.
-    float c[kVec], s[kVec], g1[kVec], g2[kVec];
-    if (active && rotate) {
-      L::load(a.cos + static_cast<int64_t>(pos) * half + i, c);
-      L::load(a.sin + static_cast<int64_t>(pos) * half + i, s);
-    }
-    if (NORM && active) {
-      const bf16* const w = h < a.num_heads ? a.q_norm : a.k_norm;
-      L::load(w + i, g1);
-      L::load(w + half + i, g2);
-    }
+    if (r > 0 && active) load_constants(item);
     if (active) {
       L::load(x, x1);
       L::load(x + half, x2);
@@ -133,9 +148,8 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
     }
   }
   if (!cache) return;
-  const bf16* const v_src = row + q_size + kv_size;
-  bf16* const v_dst = a.v_cache + static_cast<int64_t>(slot) * kv_size;
-  for (int i = threadIdx.x * kVec; i < kv_size; i += blockDim.x * kVec) L::copy(v_src + i, v_dst + i);
+  if (v0 < kv_size) L::store(v_dst + v0, v_first);
+  for (int i = v0 + blockDim.x * kVec; i < kv_size; i += blockDim.x * kVec) L::copy(v_src + i, v_dst + i);
 }
 
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }

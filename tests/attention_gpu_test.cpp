@@ -265,6 +265,61 @@ TEST_F(AttentionMatchesCpu, DecodeGroupsWiderThanOneTile) {
   check({3, 1, 32, 16, decode_batch({1, 100, 2500})}, 302);  // a group of 3
 }
 
+TEST_F(AttentionMatchesCpu, DecodeFewSequencesSplitOverAClusterEveryGroupSize) {
+  // At most four sequences: each context is split over a cluster of CTAs by its own length, and
+  // the CTAs combine through each other's shared memory; contexts from one key (seven CTAs of the
+  // cluster empty) to 3000 (several tiles each, deep stages when few CTAs).
+  uint32_t seed = 300;
+  for (int head_dim : {64, 128, 32, 16}) {
+    for (int group : {1, 2, 4, 8}) check({2 * group, 2, head_dim, 16, decode_batch({1, 65, 513, 3000})}, seed++);
+  }
+  check({8, 1, 128, 16, decode_batch({257})}, seed++);
+  check({8, 2, 128, 32, decode_batch({1, 16, 17, 300})}, seed++, 16384);  // sized for longer contexts
+  check({40, 2, 64, 16, decode_batch({100, 700})}, seed++);                // groups of two row tiles
+}
+
+TEST_F(AttentionMatchesCpu, ClusterSplitDecodeOfASequenceDoesNotDependOnItsBatch) {
+  // A sequence's output, bit for bit, whether it is decoded alone or beside up to three others, and
+  // whatever context length the metadata was sized for (a CUDA graph's): its splits follow its own
+  // context only.
+  const QkvLayout layout{16, 8, 128};
+  const int bs = 16;
+  const std::vector<int> lengths = {257, 40, 2000, 1};
+  const int num_blocks = blocks_for(lengths, bs) + 3;
+  const auto tables = scattered_tables(lengths, bs, num_blocks, 400);
+  const Shape cache_shape{num_blocks, bs, layout.num_kv_heads, layout.head_dim};
+  const KvLayer cache{on(*gpu_, random_values(count_of(cache_shape), 401), cache_shape),
+                      on(*gpu_, random_values(count_of(cache_shape), 402), cache_shape)};
+  const int n = static_cast<int>(lengths.size());
+  const auto qkv = random_values(n * layout.width(), 403, 0.0f, 2.0f);
+  auto decode = [&](const std::vector<int>& which, int max_context_len) {
+    std::vector<Seq> seqs;
+    std::vector<std::vector<int32_t>> t;
+    std::vector<float> rows;
+    for (int i : which) {
+      seqs.push_back({1, lengths[i]});
+      t.push_back(tables[i]);
+      rows.insert(rows.end(), qkv.begin() + i * layout.width(), qkv.begin() + (i + 1) * layout.width());
+    }
+    HostBatch b = make_batch(seqs, t, bs);
+    b.max_context_len = std::max(b.max_context_len, max_context_len);
+    const int64_t count = static_cast<int64_t>(which.size());
+    Tensor out = gpu_->allocate({count, layout.q_size()}, DType::bf16);
+    gpu_->attention(on(*gpu_, rows, {count, layout.width()}), layout, cache, meta_on(*gpu_, b),
+                    1.0f / std::sqrt(128.0f), out);
+    return read(*gpu_, out);
+  };
+  const std::vector<float> together = decode({0, 1, 2, 3}, 0);
+  for (int i = 0; i < n; ++i) {
+    SCOPED_TRACE("sequence " + std::to_string(i) + " of context " + std::to_string(lengths[i]));
+    const std::vector<float> mine(together.begin() + i * layout.q_size(), together.begin() + (i + 1) * layout.q_size());
+    EXPECT_EQ(decode({i}, 0), mine);
+    EXPECT_EQ(decode({i}, 16384), mine);
+    const std::vector<float> pair = decode({(i + 1) % n, i}, 0);
+    EXPECT_EQ(std::vector<float>(pair.begin() + layout.q_size(), pair.end()), mine);
+  }
+}
+
 TEST_F(AttentionMatchesCpu, PrefillRaggedPrompts) {
   const std::vector<Seq> prompts = {{2, 2}, {17, 17}, {64, 64}, {65, 65}, {100, 100}, {300, 300}};
   uint32_t seed = 400;
