@@ -622,14 +622,23 @@ class CudaBackend final : public Backend {
   }
 
   // Whether a projection of `tokens` rows goes to kernels/gemv.cu (with what it fuses) rather than
-  // cuBLASLt: at a few tokens, and for weights up to 24 MB. Beyond, cuBLASLt streams a weight as fast
-  // or faster, and a fused SwiGLU would be recomputed by each of hundreds of blocks: llama-3.1-8b's
-  // batch-1 step took 6.51 ms with every projection in the GEMV, 6.06 with cuBLASLt, on an H100;
-  // qwen3-0.6b's 311 MB LM head gained 1% in the GEMV (docs/benchmarks.md). TROUPE_GEMV_MAX_MB sets
-  // the limit, to measure.
+  // cuBLASLt: at a few tokens, for weights up to 24 MB and for vocabulary-wide ones. Beyond 24 MB,
+  // cuBLASLt streams a weight as fast or faster, and a fused SwiGLU would be recomputed by each of
+  // hundreds of blocks: llama-3.1-8b's batch-1 step took 6.51 ms with every projection in the GEMV,
+  // 6.06 with cuBLASLt, on an H100. An LM head (at least 32768 rows, 8 times as many as its row is
+  // long) streams as well in the GEMV, with the final norm fused: one token on an H100, qwen3-0.6b's
+  // 311 MB head 0.839 -> 0.829/0.834 ms a step, llama-3.1-8b's 1 GB head 6.003 -> 5.985
+  // (docs/benchmarks.md). TROUPE_GEMV_MAX_MB sets the limit and TROUPE_GEMV_WIDE=0 keeps the heads on
+  // cuBLASLt, to measure.
   bool use_gemv(int64_t tokens, const Tensor& w) const {
-    return tokens <= gemv_max_tokens_ && w.rank() == 2 && w.size(0) * w.size(1) * 2 <= gemv_max_weight_bytes_;
+    if (tokens > gemv_max_tokens_ || w.rank() != 2) return false;
+    const bool vocabulary = w.size(0) >= 32768 && w.size(0) >= 8 * w.size(1);
+    return w.size(0) * w.size(1) * 2 <= gemv_max_weight_bytes_ || (wide_gemv_ && vocabulary);
   }
+  bool wide_gemv_ = [] {
+    const char* v = std::getenv("TROUPE_GEMV_WIDE");
+    return v == nullptr || std::string(v) != "0";
+  }();
   int64_t gemv_max_weight_bytes_ = [] {
     const char* v = std::getenv("TROUPE_GEMV_MAX_MB");
     return (v ? std::atoll(v) : int64_t{24}) << 20;

@@ -98,10 +98,10 @@ __device__ void rms_scales(const Params& p, float (&inv_rms)[TOKENS]) {
 
 // Vectors of 16 bytes held in registers per lane and row before the wait: the first loads of the
 // weight, issued while the previous kernel still runs. At one token, all of a row up to k = 3072
-// (qwen3-0.6b's down projection), or two rows of k = 1024 (see launch); more rows or tokens per warp
-// leave fewer registers for them.
+// (qwen3-0.6b's down projection), or four rows of k = 1024 (see launch); more tokens per warp leave
+// fewer registers for them.
 template <int TOKENS, int ROWS>
-constexpr int kPrefetch = ROWS >= 4 ? 2 : ROWS == 2 ? 4 : TOKENS == 1 ? 12 : TOKENS == 2 ? 8 : 4;
+constexpr int kPrefetch = ROWS >= 4 ? (TOKENS == 1 ? 4 : 2) : TOKENS == 1 ? 12 : TOKENS == 2 ? 8 : 4;
 
 // 16-byte loads in flight per lane after the prefetched ones: enough at one row and one token to
 // cover the memory latency with few warps per SM, fewer where rows and tokens multiply registers.
@@ -251,15 +251,16 @@ void launch_rows(const Params& p, cudaStream_t stream) {
 constexpr int64_t kBlocksWanted = 264;
 constexpr int64_t kMaxStagedBytes = 48 * 1024;
 
-// At one token and k ≤ 1024, two rows per warp: a 4096- or 6144-row projection of a small model
-// (qwen3-0.6b's qkv, gate_up) then fits the SMs in one wave of blocks, every one of which loads its
-// whole weight before the wait (in two waves, the second loads only after the previous kernel).
+// At one token and k ≤ 1024, four rows per warp, each lane holding its share of all four before the
+// wait: a 4096- or 6144-row projection of a small model (qwen3-0.6b's qkv, gate_up) then fits the
+// SMs in one wave of blocks that load their whole weight before the wait, in fewer registers per
+// weight byte than two rows a warp (a block's 98 registers a thread hold 4 rows, 74 held 2), so the
+// next projection's blocks find room beside them sooner. qwen3-0.6b at batch 1 on an H100: 0.827 ms
+// a step with two rows, 0.812–0.813 with four (docs/benchmarks.md).
 template <int TOKENS, GemvInput IN, bool ADD>
 void launch(const Params& p, cudaStream_t stream) {
-  if (TOKENS <= 2 && p.n >= kBlocksWanted * kWarps * 4)
+  if ((TOKENS <= 2 && p.n >= kBlocksWanted * kWarps * 4) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>))
     launch_rows<TOKENS, 4, IN, ADD>(p, stream);
-  else if (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 2>)
-    launch_rows<TOKENS, 2, IN, ADD>(p, stream);
   else
     launch_rows<TOKENS, 1, IN, ADD>(p, stream);
 }

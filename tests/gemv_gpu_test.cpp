@@ -80,6 +80,7 @@ TEST(GemvGpu, MatchesCpuForEveryTokenCountAndShape) {
     check(tokens, 9000, 128, true);     // wide enough for four rows per warp, the last group partial
   }
   check(1, 4096, 4096, false);
+  check(1, 40000, 512, true);  // an LM head's shape (vocabulary-wide, short rows)
 }
 
 // The fused SwiGLU + down projection gives bit for bit what silu_mul and then the GEMV give: the
