@@ -1,7 +1,8 @@
 // A measurement build's record of when each CTA of an overlapped kernel reached and left
 // griddepcontrol.wait (kernels/common.cuh), to see a decode step's critical path kernel by kernel.
-// Built only with -DTROUPE_KERNEL_CLOCK; TROUPE_KERNEL_CLOCK=FILE names where the backend's destructor
-// writes the records (binary: a u64 count, then the records).
+// Built only with cmake -DTROUPE_KERNEL_CLOCK=ON; TROUPE_KERNEL_CLOCK=FILE names where the backend's
+// destructor writes the records (binary: a u64 count, then the records), which tools/kernel_clock.py
+// reads. clock_mark(tag) (kernels/common.cuh) adds a point inside a kernel.
 #pragma once
 
 #include <cuda_runtime_api.h>
