@@ -35,11 +35,14 @@ namespace {
 constexpr int kDecodeStages = 2;
 constexpr int kDeepStages = 5;
 
-// A step of at most kClusterMaxSeqs sequences (× row tiles) splits every context over a cluster of
-// kClusterSplits CTAs (paged_decode_kernel's CLUSTER): at batch 1 the cache of a kv head is read by
-// 8 SMs instead of one, and the split costs no round trip through global memory.
+// A step of one sequence splits its context over a cluster of kClusterSplits CTAs
+// (paged_decode_kernel's CLUSTER): at batch 1 the cache of a kv head is read by 8 SMs instead of one,
+// and the split costs no round trip through global memory. Only one: the cluster's arithmetic (a
+// partial per range of tiles, combined in order) differs from a whole CTA's (each warp's keys across
+// the context, merged once), so steps of several sequences keep the one path, whose result does not
+// depend on which sequences share the step; with up to 4 sequences in clusters, layouts that batch
+// differently (dp, pp micro-batches) left tp1's greedy tokens where they had not (4 × H200).
 constexpr int kClusterSplits = 8;
-constexpr int kClusterMaxSeqs = 4;
 
 struct DecodeParams {
   const bf16* qkv;
@@ -395,7 +398,7 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
 
   const int64_t ctas = static_cast<int64_t>(a.num_seqs) * a.num_kv_heads * p.row_tiles;
   constexpr int smem = decode_smem_bytes<D, kDecodeStages>;
-  if (cluster_split() && a.num_seqs * p.row_tiles <= kClusterMaxSeqs) {
+  if (cluster_split() && a.num_seqs == 1) {
     p.num_splits = kClusterSplits;
     p.split_keys = 0;  // each sequence's own, in the kernel
     const dim3 grid(kClusterSplits, static_cast<unsigned>(a.num_kv_heads * p.row_tiles), static_cast<unsigned>(a.num_seqs));
