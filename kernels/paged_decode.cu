@@ -6,6 +6,9 @@
 // with cp.async, 16 bytes per instruction, the next tile in flight while this one is used. The four
 // warps take 16 keys each of a tile, keep separate online-softmax states, and merge them at the end.
 //
+// A step of one sequence (batch-1 decode) splits its context over a thread-block cluster of 8 CTAs
+// that combine through distributed shared memory (CLUSTER below).
+//
 // A long context with few sequences would leave most SMs idle, so the context is split (FlashDecoding):
 // grid.x CTAs take consecutive ranges of split_keys keys, write unnormalised partial outputs with their
 // max and sum to a workspace, and the last of them to finish (a counter per sequence, kv head and row
@@ -151,8 +154,8 @@ constexpr int decode_min_ctas = S > kDecodeStages ? 1 : D >= 128 ? 3 : D >= 64 ?
 // grid (num_splits, num_kv_heads · row_tiles, num_seqs), kThreads threads; S stages of K/V tiles.
 // CLUSTER: the num_splits CTAs of a (sequence, kv head, row tile) are one thread-block cluster; each
 // takes its share of that sequence's own context (whole tiles, ranges that depend on the context
-// length alone, so a sequence's result does not depend on what else shares the step), and they
-// combine through each other's shared memory, with no counter, fence or partials in global memory.
+// length alone, not on the max_context_len the launch was sized for), and they combine through each
+// other's shared memory, with no counter, fence or partials in global memory.
 template <int D, int S, bool CLUSTER = false>
 __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decode_kernel(const DecodeParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -404,8 +407,8 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     const dim3 grid(kClusterSplits, static_cast<unsigned>(a.num_kv_heads * p.row_tiles), static_cast<unsigned>(a.num_seqs));
     // Deep stages where a CTA may hold more than one tile of keys and the grid fills at most half the
     // SMs (an H100, qwen3-0.6b at batch 1: context 2048 0.967 ms a step with them, 1.060 without;
-    // context 256 with graphs sized for 304 keys 0.86 with, 0.835 without; batch 2 at 2048 1.70 with,
-    // 1.46 without).
+    // context 256 with graphs sized for 304 keys 0.86 with, 0.835 without; two sequences' 128 CTAs
+    // at 2048, when clusters took them, 1.70 with, 1.46 without).
     if (deep_stages() && a.max_context_len > kClusterSplits * kTileKeys && 2 * ctas * kClusterSplits <= a.sm_count) {
       constexpr int deep = decode_smem_bytes<D, kDeepStages>;
       static std::atomic<uint64_t> granted_deep{0};
