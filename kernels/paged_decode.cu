@@ -378,6 +378,18 @@ bool deep_stages() {
   return on;
 }
 
+// paged_decode_kernel<D, S, CLUSTER> on `grid` (in clusters of grid.x CTAs with CLUSTER), with the
+// shared memory of S stages.
+template <int D, int S, bool CLUSTER>
+void launch_stages(dim3 grid, const DecodeParams& p, cudaStream_t stream) {
+  constexpr int bytes = decode_smem_bytes<D, S>;
+  static std::atomic<uint64_t> granted{0};
+  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, S, CLUSTER>), bytes, granted);
+  launch_overlapped_clusters<paged_decode_kernel<D, S, CLUSTER>>(grid, CLUSTER ? grid.x : 1, dim3(kThreads),
+                                                                 static_cast<size_t>(bytes), stream, p);
+  TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
+}
+
 template <int D>
 void launch(const AttentionArgs& a, cudaStream_t stream) {
   DecodeParams p{};
@@ -406,23 +418,14 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     p.split_keys = 0;  // each sequence's own, in the kernel
     const dim3 grid(kClusterSplits, static_cast<unsigned>(a.num_kv_heads * p.row_tiles), static_cast<unsigned>(a.num_seqs));
     // Deep stages where a CTA may hold more than one tile of keys and the grid fills at most half the
-    // SMs (an H100, qwen3-0.6b at batch 1: context 2048 0.967 ms a step with them, 1.060 without;
-    // context 256 with graphs sized for 304 keys 0.86 with, 0.835 without; two sequences' 128 CTAs
-    // at 2048, when clusters took them, 1.70 with, 1.46 without).
-    if (deep_stages() && a.max_context_len > kClusterSplits * kTileKeys && 2 * ctas * kClusterSplits <= a.sm_count) {
-      constexpr int deep = decode_smem_bytes<D, kDeepStages>;
-      static std::atomic<uint64_t> granted_deep{0};
-      allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDeepStages, true>), deep,
-                          granted_deep);
-      launch_overlapped_clusters<paged_decode_kernel<D, kDeepStages, true>>(
-          grid, kClusterSplits, dim3(kThreads), static_cast<size_t>(deep), stream, p);
-    } else {
-      static std::atomic<uint64_t> granted{0};
-      allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDecodeStages, true>), smem, granted);
-      launch_overlapped_clusters<paged_decode_kernel<D, kDecodeStages, true>>(
-          grid, kClusterSplits, dim3(kThreads), static_cast<size_t>(smem), stream, p);
-    }
-    TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
+    // SMs. An H100, qwen3-0.6b at batch 1 with graphs sized for 40960 keys (as troupe serve's): context
+    // 2048 0.962 ms a step with five stages, 1.057 with three, 1.072 with two; context 256 0.838, 0.821,
+    // 0.823 (`troupe bench decode --graph-context`); two sequences' 128 CTAs at 2048, when clusters took
+    // them, 1.70 with five, 1.46 with two.
+    if (deep_stages() && a.max_context_len > kClusterSplits * kTileKeys && 2 * ctas * kClusterSplits <= a.sm_count)
+      launch_stages<D, kDeepStages, true>(grid, p, stream);
+    else
+      launch_stages<D, kDecodeStages, true>(grid, p, stream);
     return;
   }
   const int64_t partial_floats = static_cast<int64_t>(a.num_seqs) * a.num_heads * (D + 2);
@@ -469,15 +472,10 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
 
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(a.num_kv_heads * p.row_tiles),
                   static_cast<unsigned>(a.num_seqs));
-  if (ctas * p.num_splits <= a.sm_count && deep_stages()) {
-    constexpr int deep = decode_smem_bytes<D, kDeepStages>;
-    static std::atomic<uint64_t> deep_granted{0};
-    allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDeepStages>), deep, deep_granted);
-    launch_overlapped<paged_decode_kernel<D, kDeepStages>>(grid, dim3(kThreads), static_cast<size_t>(deep), stream, p);
-  } else {
-    launch_overlapped<paged_decode_kernel<D, kDecodeStages>>(grid, dim3(kThreads), static_cast<size_t>(smem), stream, p);
-  }
-  TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
+  if (ctas * p.num_splits <= a.sm_count && deep_stages())
+    launch_stages<D, kDeepStages, false>(grid, p, stream);
+  else
+    launch_stages<D, kDecodeStages, false>(grid, p, stream);
 }
 
 }  // namespace

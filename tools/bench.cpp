@@ -3,6 +3,7 @@
 // weights it multiplies by, the KV cache it attends over) over the measured copy bandwidth. Prefill
 // is compute-bound: its rate is model FLOPs over time, against the measured bf16 GEMM rate.
 #include <boost/program_options.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -92,7 +93,7 @@ int bench_command(int argc, char** argv) {
   if (argc > 1 && std::string_view(argv[1]) == "serve") return bench_serve_command(argc - 1, argv + 1);
   po::options_description flags("troupe bench decode|prefill: step time against the device's measured limits");
   std::string mode, model_dir, batches = "1,8,64,256", load_format = "auto", device = "auto";
-  int context = 256, steps = 32, tokens = 4096;
+  int context = 256, steps = 32, tokens = 4096, graph_context = 0;
   // clang-format off
   flags.add_options()
       ("help,h", "show this help")
@@ -103,6 +104,9 @@ int bench_command(int argc, char** argv) {
       ("batch", po::value(&batches), "decode: batch sizes (default 1,8,64,256)")
       ("context", po::value(&context), "decode: tokens already in each sequence's cache (default 256)")
       ("steps", po::value(&steps), "decode: timed steps per batch size (default 32)")
+      ("graph-context", po::value(&graph_context),
+       "decode: the context length the decode graphs are captured for (default: context + steps + 16;\n"
+       "troupe serve captures them for the model's whole length, which some attention launches read)")
       ("tokens", po::value(&tokens), "prefill: prompt length (default 4096)");
   // clang-format on
   po::positional_options_description positional;
@@ -131,7 +135,7 @@ int bench_command(int argc, char** argv) {
     if (!backend) backend = make_cpu_backend();
     std::optional<WeightFiles> files;
     if (load_format != "dummy") files.emplace(WeightFiles::open(model_dir));
-    const int max_len = mode == "prefill" ? tokens + 16 : context + steps + 16;
+    const int max_len = mode == "prefill" ? tokens + 16 : std::max(context + steps + 16, graph_context);
     const auto load_start = Clock::now();
     Model model(c, files ? &*files : nullptr, *backend, max_len, {}, {}, {});
     backend->synchronize();
