@@ -96,34 +96,32 @@ __device__ __forceinline__ uint64_t global_ns() {
   asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
   return t;
 }
+// Appends one record for this CTA (its thread 0 calls it).
+__device__ __forceinline__ void append_clock_record(uint64_t before, uint64_t after, uint32_t grid, uint32_t smem) {
+  if (kernel_clock_device_buffer == nullptr) return;
+  auto* count = static_cast<unsigned long long*>(kernel_clock_device_buffer);
+  const unsigned long long i = atomicAdd(count, 1ull);
+  if (i >= kKernelClockRecords) return;
+  uint32_t sm;
+  asm volatile("mov.u32 %0, %smid;" : "=r"(sm));
+  auto* r = reinterpret_cast<KernelClockRecord*>(static_cast<char*>(kernel_clock_device_buffer) + 16) + i;
+  *r = {before, after, grid, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), sm, smem};
+}
 __device__ __forceinline__ void wait_for_previous_kernel() {
   const uint64_t before = global_ns();
   asm volatile("griddepcontrol.wait;" ::: "memory");
   const uint64_t after = global_ns();
-  if (threadIdx.x == 0 && kernel_clock_device_buffer != nullptr) {
-    auto* count = static_cast<unsigned long long*>(kernel_clock_device_buffer);
-    const unsigned long long i = atomicAdd(count, 1ull);
-    if (i < kKernelClockRecords) {
-      uint32_t sm, smem;
-      asm volatile("mov.u32 %0, %smid;" : "=r"(sm));
-      asm volatile("mov.u32 %0, %dynamic_smem_size;" : "=r"(smem));
-      auto* r = reinterpret_cast<KernelClockRecord*>(static_cast<char*>(kernel_clock_device_buffer) + 16) + i;
-      *r = {before, after, gridDim.x * gridDim.y * gridDim.z, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), sm, smem};
-    }
+  if (threadIdx.x == 0) {
+    uint32_t smem;
+    asm volatile("mov.u32 %0, %dynamic_smem_size;" : "=r"(smem));
+    append_clock_record(before, after, gridDim.x * gridDim.y * gridDim.z, smem);
   }
 }
-// A point inside a kernel: thread 0 of each CTA records the time, tagged.
+// A point inside a kernel: thread 0 of each CTA records the time, its tag in `grid` under kClockMark.
 __device__ __forceinline__ void clock_mark(uint32_t tag) {
-  if (threadIdx.x == 0 && kernel_clock_device_buffer != nullptr) {
+  if (threadIdx.x == 0) {
     const uint64_t now = global_ns();
-    auto* count = static_cast<unsigned long long*>(kernel_clock_device_buffer);
-    const unsigned long long i = atomicAdd(count, 1ull);
-    if (i < kKernelClockRecords) {
-      uint32_t sm;
-      asm volatile("mov.u32 %0, %smid;" : "=r"(sm));
-      auto* r = reinterpret_cast<KernelClockRecord*>(static_cast<char*>(kernel_clock_device_buffer) + 16) + i;
-      *r = {now, now, 0x80000000u | tag, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), sm, 0};
-    }
+    append_clock_record(now, now, kClockMark | tag, 0);
   }
 }
 #else

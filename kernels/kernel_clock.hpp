@@ -14,9 +14,11 @@
 namespace troupe::cuda {
 
 struct KernelClockRecord {
-  uint64_t before_wait, after_wait;  // %globaltimer, ns
-  uint32_t grid, block_index, sm, dynamic_smem;
+  uint64_t before_wait, after_wait;  // %globaltimer, ns (a mark: its time, twice)
+  uint32_t grid, block_index, sm, dynamic_smem;  // grid: CTAs of the launch, or kClockMark | a mark's tag
 };
+
+constexpr uint32_t kClockMark = 0x80000000u;
 
 constexpr uint64_t kKernelClockRecords = uint64_t{1} << 20;
 
