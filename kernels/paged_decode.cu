@@ -72,6 +72,30 @@ struct DecodeParams {
   uint32_t* counters;  // [num_seqs, num_kv_heads · row_tiles]: splits finished; zero between launches
 };
 
+// Split partials merged in split order: the running max m (log2 units), the sum l and the
+// unnormalised output o (four columns). The one arithmetic of both combines (partials in the
+// workspace, or in a cluster's shared memory).
+struct SplitMerge {
+  float m = -INFINITY, l = 0.0f;
+  float4 o{0.0f, 0.0f, 0.0f, 0.0f};
+  __device__ __forceinline__ void add(float2 ml, float4 part) {
+    if (ml.x == -INFINITY) return;  // a split whose keys were all masked adds nothing
+    const float m_new = fmaxf(m, ml.x);
+    const float old = fast_exp2(m - m_new), w = fast_exp2(ml.x - m_new);  // 2^-inf = 0 the first time
+    l = l * old + ml.y * w;
+    o.x = o.x * old + part.x * w, o.y = o.y * old + part.y * w;
+    o.z = o.z * old + part.z * w, o.w = o.w * old + part.w * w;
+    m = m_new;
+  }
+};
+
+// o / l as four bf16 at dst (zeros where l is 0: no key was seen).
+__device__ __forceinline__ void store_normalised(bf16* dst, float4 o, float l) {
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  const uint2 packed{pack_bf16(o.x * inv, o.y * inv), pack_bf16(o.z * inv, o.w * inv)};
+  *reinterpret_cast<uint2*>(dst) = packed;
+}
+
 // The last split CTA of a group: out = Σ_i o_i 2^(m_i − m) / Σ_i l_i 2^(m_i − m) over the n splits
 // that hold keys of the sequence, for the group's `rows` query heads, in one pass with a running max
 // whose loads do not wait on one another (several in flight: this sits on the step's critical path).
@@ -82,29 +106,17 @@ __device__ void combine_splits(const DecodeParams& p, int seq, int first_head, i
     const int row = c / (D / 4), col = (c % (D / 4)) * 4;
     const int64_t first = (static_cast<int64_t>(seq) * p.num_heads + first_head + row) * p.num_splits;
     const float2* ml = reinterpret_cast<const float2*>(p.partial_ml) + first;
-    float m = -INFINITY, l = 0.0f;
-    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    SplitMerge merge;
 #pragma unroll 8
-    for (int i = 0; i < n; ++i) {
-      const float2 v = __ldcg(&ml[i]);
-      const float4 part = __ldcg(reinterpret_cast<const float4*>(p.partial_out + (first + i) * D + col));
-      if (v.x == -INFINITY) continue;  // a split whose keys were all masked adds nothing
-      const float m_new = fmaxf(m, v.x);
-      const float old = fast_exp2(m - m_new), w = fast_exp2(v.x - m_new);  // 2^-inf = 0 the first time
-      l = l * old + v.y * w;
-      o.x = o.x * old + part.x * w, o.y = o.y * old + part.y * w;
-      o.z = o.z * old + part.z * w, o.w = o.w * old + part.w * w;
-      m = m_new;
-    }
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    const uint2 packed{pack_bf16(o.x * inv, o.y * inv), pack_bf16(o.z * inv, o.w * inv)};
-    *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(first_head + row) * D + col) = packed;
+    for (int i = 0; i < n; ++i)
+      merge.add(__ldcg(&ml[i]), __ldcg(reinterpret_cast<const float4*>(p.partial_out + (first + i) * D + col)));
+    store_normalised(p.out + token * p.out_stride + static_cast<int64_t>(first_head + row) * D + col, merge.o, merge.l);
   }
 }
 
 // CLUSTER: once every CTA of the cluster has its partial in shared memory, CTA r combines the
-// elements r, r + n, … of the group's rows × D / 4 float4 columns, reading the n partials in split
-// order with combine_splits' arithmetic; then all wait again, so that no CTA leaves while another
+// elements r, r + n, … of the group's rows × D / 4 float4 columns, merging the n partials in split
+// order (SplitMerge); then all wait again, so that no CTA leaves while another
 // still reads its shared memory.
 template <int D, int N>
 __device__ void combine_cluster(const DecodeParams& p, float* cluster_o, float* cluster_ml, int first_head, int rows,
@@ -123,21 +135,10 @@ __device__ void combine_cluster(const DecodeParams& p, float* cluster_o, float* 
       ml[i] = *reinterpret_cast<const float2*>(cluster.map_shared_rank(cluster_ml, i) + row * 2);
       part[i] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(cluster_o, i) + row * D + col);
     }
-    float m = -INFINITY, l = 0.0f;
-    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    SplitMerge merge;
 #pragma unroll
-    for (int i = 0; i < N; ++i) {
-      if (ml[i].x == -INFINITY) continue;  // a split whose keys were all masked adds nothing
-      const float m_new = fmaxf(m, ml[i].x);
-      const float old = fast_exp2(m - m_new), w = fast_exp2(ml[i].x - m_new);
-      l = l * old + ml[i].y * w;
-      o.x = o.x * old + part[i].x * w, o.y = o.y * old + part[i].y * w;
-      o.z = o.z * old + part[i].z * w, o.w = o.w * old + part[i].w * w;
-      m = m_new;
-    }
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    const uint2 packed{pack_bf16(o.x * inv, o.y * inv), pack_bf16(o.z * inv, o.w * inv)};
-    *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(first_head + row) * D + col) = packed;
+    for (int i = 0; i < N; ++i) merge.add(ml[i], part[i]);
+    store_normalised(p.out + token * p.out_stride + static_cast<int64_t>(first_head + row) * D + col, merge.o, merge.l);
   }
   cluster.sync();
 }
@@ -302,9 +303,8 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
       *reinterpret_cast<float4*>(cluster_o + row * D + col) = make_float4(o[0], o[1], o[2], o[3]);
       if (col == 0) *reinterpret_cast<float2*>(cluster_ml + row * 2) = make_float2(m_all, l);
     } else if (p.num_splits == 1) {
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      const uint2 packed{pack_bf16(o[0] * inv, o[1] * inv), pack_bf16(o[2] * inv, o[3] * inv)};
-      *reinterpret_cast<uint2*>(p.out + token * p.out_stride + static_cast<int64_t>(head) * D + col) = packed;
+      store_normalised(p.out + token * p.out_stride + static_cast<int64_t>(head) * D + col,
+                       make_float4(o[0], o[1], o[2], o[3]), l);
     } else {
       const int64_t part = (static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split;
       *reinterpret_cast<float4*>(p.partial_out + part * D + col) = make_float4(o[0], o[1], o[2], o[3]);
@@ -378,15 +378,22 @@ bool deep_stages() {
   return on;
 }
 
+// paged_decode_kernel<D, S, CLUSTER> may take the shared memory of S stages on this device.
+template <int D, int S, bool CLUSTER>
+void allow_stages() {
+  static std::atomic<uint64_t> granted{0};
+  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, S, CLUSTER>), decode_smem_bytes<D, S>,
+                      granted);
+}
+
 // paged_decode_kernel<D, S, CLUSTER> on `grid` (in clusters of grid.x CTAs with CLUSTER), with the
 // shared memory of S stages.
 template <int D, int S, bool CLUSTER>
 void launch_stages(dim3 grid, const DecodeParams& p, cudaStream_t stream) {
-  constexpr int bytes = decode_smem_bytes<D, S>;
-  static std::atomic<uint64_t> granted{0};
-  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, S, CLUSTER>), bytes, granted);
+  allow_stages<D, S, CLUSTER>();
   launch_overlapped_clusters<paged_decode_kernel<D, S, CLUSTER>>(grid, CLUSTER ? grid.x : 1, dim3(kThreads),
-                                                                 static_cast<size_t>(bytes), stream, p);
+                                                                 static_cast<size_t>(decode_smem_bytes<D, S>), stream,
+                                                                 p);
   TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
 }
 
@@ -412,7 +419,6 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   p.scale_log2 = a.scale * kLog2e;
 
   const int64_t ctas = static_cast<int64_t>(a.num_seqs) * a.num_kv_heads * p.row_tiles;
-  constexpr int smem = decode_smem_bytes<D, kDecodeStages>;
   if (cluster_split() && a.num_seqs == 1) {
     p.num_splits = kClusterSplits;
     p.split_keys = 0;  // each sequence's own, in the kernel
@@ -438,8 +444,7 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     max_splits = std::min<int64_t>((a.max_context_len + kMinSplitKeys - 1) / kMinSplitKeys,
                                    (static_cast<int64_t>(a.workspace_floats) - counters) / partial_floats);
   }
-  static std::atomic<uint64_t> granted{0};
-  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, kDecodeStages>), smem, granted);
+  allow_stages<D, kDecodeStages, false>();  // before the occupancy query below
   // A few sequences whose contexts fit the deep stages' copy before the wait: one CTA each is on chip
   // when rope ends, where splits would add their combine (a fence, a counter, the partials' reads).
   const bool deep_whole = deep_stages() && ctas <= a.sm_count && a.max_context_len <= kDeepStages * kTileKeys;
@@ -450,7 +455,7 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
       int n = 0;
       TROUPE_CUDA_CHECK(
           cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_decode_kernel<D, kDecodeStages>, kThreads,
-                                                        static_cast<size_t>(smem)));
+                                                        static_cast<size_t>(decode_smem_bytes<D, kDecodeStages>)));
       ctas_per_sm.store(std::max(n, 1), std::memory_order_relaxed);
     }
     splits = choose_splits(ctas, static_cast<int64_t>(a.sm_count) * ctas_per_sm.load(std::memory_order_relaxed),
