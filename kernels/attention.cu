@@ -26,17 +26,13 @@ namespace attn {
 
 void allow_shared_memory(const void* kernel, int bytes, std::atomic<uint64_t>& granted) {
   if (bytes <= 48 * 1024) return;
-  int device = 0;
-  TROUPE_CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
-  if (bit != 0 && (granted.load(std::memory_order_acquire) & bit)) return;
-  // Two threads may both get here for one device: setting the attributes twice is harmless.
-  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  // All of L1 as shared memory: without it the driver may pick a carveout that fits one CTA fewer
-  // per SM (these kernels stream through shared memory and barely use L1).
-  TROUPE_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  granted.fetch_or(bit, std::memory_order_acq_rel);
+  once_per_device(granted, [&] {
+    TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    // All of L1 as shared memory: without it the driver may pick a carveout that fits one CTA fewer
+    // per SM (these kernels stream through shared memory and barely use L1).
+    TROUPE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  });
 }
 
 }  // namespace attn
@@ -46,8 +42,6 @@ namespace {
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("attention: " + what);
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -63,7 +57,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
           "max_query_len " + std::to_string(a.max_query_len) + " outside [1, max_context_len " +
               std::to_string(a.max_context_len) + "]");
   // 16-byte loads of q rows and cache rows (head_dim is a multiple of 8, so rows keep the alignment).
-  require(aligned16(a.qkv) && aligned16(a.k_cache) && aligned16(a.v_cache) && aligned16(a.out),
+  require(is_aligned(a.qkv, 16) && is_aligned(a.k_cache, 16) && is_aligned(a.v_cache, 16) &&
+              is_aligned(a.out, 16),
           "qkv, the cache and out must be 16-byte aligned");
   require(a.num_seqs <= 65535, "more than 65535 sequences in one step");
   if (a.max_query_len == 1) {

@@ -12,6 +12,9 @@
 #include <utility>
 
 #include "kernels/cuda_check.hpp"
+#ifdef TROUPE_KERNEL_CLOCK
+#include "kernels/kernel_clock.hpp"
+#endif
 
 namespace troupe::cuda {
 
@@ -75,18 +78,8 @@ __device__ __forceinline__ float block_sum(float v) {
   return total;
 }
 
-// Programmatic dependent launch (Hopper): a kernel launched with launch_overlapped may start while
-// the kernel before it on the stream still runs. What it reads before wait_for_previous_kernel() must
-// not come from that kernel (weights, tables, step inputs copied in before the step), and it writes
-// nothing before it; the wait returns once every earlier kernel has finished and its writes are
-// visible. So a decode step's kernels, each a few microseconds, stop paying their launch and their
-// first loads one after another. Every CTA of such a kernel calls the wait, even one with no work, so
-// that the kernel cannot finish before the one it follows. Where the kernel was launched plainly, both
-// calls do nothing.
 #ifdef TROUPE_KERNEL_CLOCK
-}  // namespace troupe::cuda
-#include "kernels/kernel_clock.hpp"
-namespace troupe::cuda {
+// The measurement build's records (kernels/kernel_clock.hpp), kept by the wait below.
 namespace {
 __device__ void* kernel_clock_device_buffer;  // this translation unit's copy, set at its first launch
 bool kernel_clock_bound = false;
@@ -107,6 +100,17 @@ __device__ __forceinline__ void append_clock_record(uint64_t before, uint64_t af
   auto* r = reinterpret_cast<KernelClockRecord*>(static_cast<char*>(kernel_clock_device_buffer) + 16) + i;
   *r = {before, after, grid, blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z), sm, smem};
 }
+#endif
+
+// Programmatic dependent launch (Hopper): a kernel launched with launch_overlapped may start while
+// the kernel before it on the stream still runs. What it reads before wait_for_previous_kernel() must
+// not come from that kernel (weights, tables, step inputs copied in before the step), and it writes
+// nothing before it; the wait returns once every earlier kernel has finished and its writes are
+// visible. So a decode step's kernels, each a few microseconds, stop paying their launch and their
+// first loads one after another. Every CTA of such a kernel calls the wait, even one with no work, so
+// that the kernel cannot finish before the one it follows. Where the kernel was launched plainly, both
+// calls do nothing.
+#ifdef TROUPE_KERNEL_CLOCK
 __device__ __forceinline__ void wait_for_previous_kernel() {
   const uint64_t before = global_ns();
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -144,6 +148,19 @@ inline bool overlapped_launches() {
   return on;
 }
 
+// Runs set_up() once per device for one `done` set (a bit per device; beyond 64 devices, every call
+// runs it): a kernel's attributes, which must be set on each device before its first launch there.
+// Two threads may both run it for one device; setting the same attributes twice is harmless.
+template <typename F>
+void once_per_device(std::atomic<uint64_t>& done, F&& set_up) {
+  int device = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit)) return;
+  set_up();
+  done.fetch_or(bit, std::memory_order_acq_rel);
+}
+
 // The decode attention kernel asks for all of L1 as shared memory (kernels/attention.cu), and an SM
 // changes its L1/shared split only once it is empty: kernels that overlap it (programmatic dependent
 // launch) take the same split, or they would wait for each other to drain, so launch_overlapped asks
@@ -153,13 +170,11 @@ void prefer_max_shared_carveout() {
   static const bool on = switched_on("TROUPE_CARVEOUT");
   if (!on) return;
   static std::atomic<uint64_t> done{0};
-  int device = 0;
-  TROUPE_CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
-  if (bit != 0 && (done.load(std::memory_order_acquire) & bit)) return;
-  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(Kernel),
-                                         cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  done.fetch_or(bit, std::memory_order_acq_rel);
+  once_per_device(done, [] {
+    TROUPE_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(Kernel),
+                                           cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           cudaSharedmemCarveoutMaxShared));
+  });
 }
 
 // Kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch and the shared

@@ -152,8 +152,6 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
   for (int i = v0 + blockDim.x * kVec; i < kv_size; i += blockDim.x * kVec) L::copy(v_src + i, v_dst + i);
 }
 
-bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 void rope_store_kv(const RopeStoreArgs& a, cudaStream_t stream) {
@@ -161,15 +159,15 @@ void rope_store_kv(const RopeStoreArgs& a, cudaStream_t stream) {
   if (a.head_dim <= 0 || a.head_dim % 2 != 0) throw std::invalid_argument("rope_store_kv: head_dim must be even");
   if (a.num_tokens > 0x7fffffff) throw std::invalid_argument("rope_store_kv: more than 2^31 tokens");
   const int half = a.head_dim / 2;
-  const bool vectorised = half % 8 == 0 && aligned(a.qkv, 16) && aligned(a.k_cache, 16) && aligned(a.v_cache, 16) &&
-                          aligned(a.cos, 16) && aligned(a.sin, 16);
+  const bool vectorised = half % 8 == 0 && is_aligned(a.qkv, 16) && is_aligned(a.k_cache, 16) &&
+                          is_aligned(a.v_cache, 16) && is_aligned(a.cos, 16) && is_aligned(a.sin, 16);
   const dim3 grid(static_cast<unsigned>(a.num_tokens));
   const bool norm = a.q_norm != nullptr;
   const int groups = half / 8;
   // The fused norm needs a head's threads to be a power-of-two group of lanes: 16-byte vectors and
   // head_dim 16, 32, 64, 128 or 256.
-  if (norm && vectorised && aligned(a.q_norm, 16) && aligned(a.k_norm, 16) && (groups & (groups - 1)) == 0 &&
-      groups <= 32) {
+  if (norm && vectorised && is_aligned(a.q_norm, 16) && is_aligned(a.k_norm, 16) &&
+      (groups & (groups - 1)) == 0 && groups <= 32) {
     launch_overlapped<rope_store_kv_kernel<8, true>>(grid, dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(rope_store_kv_kernel);
     return;
