@@ -4,7 +4,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 
@@ -29,14 +31,25 @@
 namespace troupe {
 namespace {
 
-caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads, int workers) {
-  // The sharing policy blocks idle scheduler threads on a condition variable; work stealing polls,
-  // which would take cores from the workers on a small machine. By default the cores the workers'
-  // own threads leave, between 2 and 8: every request's tokens pass through these threads each step
-  // (hundreds of messages per step at high concurrency, per data-parallel replica).
+caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads, int workers, bool gpu) {
+  // By default the cores the workers' own threads leave, between 2 and 8: every request's tokens
+  // pass through these threads each step (hundreds of messages per step at high concurrency, per
+  // data-parallel replica).
   if (threads <= 0)
     threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()) - workers, 2, 8);
-  cfg.set("scheduler.policy", caf::atom("sharing"));
+  // The CPU backend's workers compute on the cores themselves: the sharing policy blocks idle
+  // scheduler threads on a condition variable, where work stealing would poll and take cores from
+  // them. GPU workers wait for their devices instead, and a step's way back to the GPU (the workers'
+  // replies, the scheduler's turn, the next plan) crosses a thread that was idle while the GPU ran:
+  // woken from a condition variable, each such hop cost ~40 us on the GPU machine (a virtual one).
+  // Work stealing runs a message's receiver on the sender's thread, and its idle threads poll for
+  // `spin` attempts (~10 ms) before they sleep: llama-3.1-8b at batch 1 on an H200, 150 -> 35 us
+  // between a step's end and the next one's start, and 2.40 -> 2.31 ms a step at tp4
+  // (docs/benchmarks.md). TROUPE_CAF_POLICY=sharing keeps the sharing policy, to measure.
+  const char* policy = std::getenv("TROUPE_CAF_POLICY");
+  const bool stealing = policy ? std::string_view(policy) == "stealing" : gpu;
+  cfg.set("scheduler.policy", stealing ? caf::atom("stealing") : caf::atom("sharing"));
+  if (stealing) cfg.set("work-stealing.aggressive-poll-attempts", size_t{100000});
   cfg.set("scheduler.max-threads", static_cast<size_t>(threads));
   cfg.set("logger.console", caf::atom("none"));
   return cfg;
@@ -176,12 +189,6 @@ void Runtime::Impl::build() {
   eos.assign(generation.eos_token_ids.begin(), generation.eos_token_ids.end());
   if (eos.empty()) eos.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
 
-  system = std::make_unique<caf::actor_system>(configure(cfg, options.actor_threads, p.world_size()));
-  if (!options.trace_file.empty()) trace = std::make_unique<TraceRecorder>();
-  std::string model_name = options.model_name;
-  if (model_name.empty()) model_name = (std::filesystem::absolute(options.model_dir) / "").parent_path().filename().string();
-  metrics = spawn_metrics(*system, model_name);
-
   // The device: a GPU per worker when there are enough, else (auto) the CPU.
   const int world = p.world_size();
   int gpus = 0;
@@ -195,6 +202,12 @@ void Runtime::Impl::build() {
                       std::to_string(gpus) + " are visible");
   if (options.load_format != "auto" && options.load_format != "dummy")
     throw ConfigError("--load-format: expected auto or dummy, got '" + options.load_format + "'");
+  system = std::make_unique<caf::actor_system>(configure(cfg, options.actor_threads, p.world_size(), device == "cuda"));
+  if (!options.trace_file.empty()) trace = std::make_unique<TraceRecorder>();
+  std::string model_name = options.model_name;
+  if (model_name.empty()) model_name = (std::filesystem::absolute(options.model_dir) / "").parent_path().filename().string();
+  metrics = spawn_metrics(*system, model_name);
+
   log("device " + device + (device == "cuda" ? " (" + std::to_string(gpus) + " visible)" : ""));
   if (options.inject_fault_rank >= 0)
     log("warning: --inject-fault: rank " + std::to_string(options.inject_fault_rank) + " fails its step " +

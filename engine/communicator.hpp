@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <span>
+#include <stdexcept>
 
 #include "engine/tensor.hpp"
 
@@ -22,6 +23,15 @@ class Communicator {
 
   // inout = Σ over ranks of inout, elementwise (same shape on every rank).
   virtual void all_reduce(const Tensor& inout) = 0;
+  // residual += Σ over ranks of delta, the sum rounded to delta's dtype before the add (what
+  // all_reduce(delta) and then the backend's add give), in one pass; delta is left as it was. Only
+  // where fuses_all_reduce_add(delta) is true (the caller otherwise all-reduces and adds itself);
+  // every rank of the group gives the same answer to that for the same tensor shape and dtype.
+  virtual bool fuses_all_reduce_add(const Tensor& delta) const {
+    (void)delta;
+    return false;
+  }
+  virtual void all_reduce_add(const Tensor& delta, const Tensor& residual);
   // out = the ranks' `in` stacked in rank order; rank r contributes rows[r] rows (every rank passes
   // the same `rows`); out has Σ rows rows.
   virtual void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) = 0;
@@ -40,5 +50,9 @@ class Communicator {
   virtual void send(const Tensor& t, int peer) = 0;
   virtual void recv(const Tensor& t, int peer) = 0;
 };
+
+inline void Communicator::all_reduce_add(const Tensor&, const Tensor&) {
+  throw std::logic_error("Communicator::all_reduce_add: this communicator does not fuse the add (ask fuses_all_reduce_add)");
+}
 
 }  // namespace troupe

@@ -507,8 +507,8 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
   };
 
   // The residual stream. While `pending`, delta holds a sublayer's output not yet added to residual,
-  // which the next norm adds (add_rms_norm): with tensor parallelism (delta is all-reduced first) or
-  // where the backend would not fuse the add into the sublayer's last projection; else that
+  // which the next norm adds (add_rms_norm): with tensor parallelism where the all-reduce does not add
+  // (NCCL's), or where the backend would not fuse the add into the sublayer's last projection; else that
   // projection adds its output itself, and the next norm and the projection after it are one backend
   // call, which a backend may fuse. Which way a step goes depends only on its token count, so that
   // steps of many tokens keep the arithmetic of the unfused ops.
@@ -529,7 +529,14 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
       be.rms_norm_linear(residual, norm, eps, weight, bias, x, out);
     }
   };
+  // With tensor parallelism the all-reduce adds the ranks' sum into the residual itself where the
+  // communicator fuses that (the peer all-reduce kernel): one kernel fewer per sublayer, and the next
+  // norm fuses into its projection as without tensor parallelism.
   auto delta_complete = [&] {
+    if (comms_.tp && comms_.tp->fuses_all_reduce_add(delta)) {
+      comms_.tp->all_reduce_add(delta, residual);
+      return;
+    }
     if (comms_.tp) comms_.tp->all_reduce(delta);
     pending = true;
   };

@@ -41,10 +41,11 @@ StepResult ModelRunner::run(const StepPlan& plan, const ForwardHooks& hooks) {
   }
   Tensor hidden;
   std::optional<Tensor> graphed;
-  // Spans read the clock mid-step, which a captured graph cannot do; every rank of a group takes the
-  // same path (their collectives must pair up), so the per-rank routing hook does not decide it: a
-  // replayed step reports no routing, and expert statistics count the tokens of eager steps.
-  if (graphs_ && !hooks.span && !hooks.eager) graphed = graphs_->forward(plan.batch, cache_);
+  // Every rank of a group takes the same path (their collectives must pair up), so the per-rank
+  // hooks do not decide it: a replayed step reports no routing, and expert statistics count the
+  // tokens of eager steps. Spans (read on the host mid-step) come only from the MoE exchange across
+  // data-parallel ranks, which is never captured, so tracing keeps the graphs.
+  if (graphs_ && !hooks.eager) graphed = graphs_->forward(plan.batch, cache_);
   Tensor logits = graphed ? *graphed : model_->forward(plan.batch, cache_, hooks, &hidden);
   if (!samples()) return result;
   if (!plan.batch.embed_indices.empty()) pool(plan, hidden, result);

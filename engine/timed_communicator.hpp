@@ -43,6 +43,10 @@ class MeasuredCommunicator : public Communicator {
   void all_reduce(const Tensor& t) override {
     measure(Collective::all_reduce, [&] { inner_.all_reduce(t); });
   }
+  bool fuses_all_reduce_add(const Tensor& delta) const override { return inner_.fuses_all_reduce_add(delta); }
+  void all_reduce_add(const Tensor& delta, const Tensor& residual) override {
+    measure(Collective::all_reduce, [&] { inner_.all_reduce_add(delta, residual); });
+  }
   void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
     measure(Collective::all_gather, [&] { inner_.all_gather(in, out, rows); });
   }

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "kernels/cuda_check.hpp"
+#include "kernels/switches.hpp"
 #ifdef TROUPE_KERNEL_CLOCK
 #include "kernels/kernel_clock.hpp"
 #endif
@@ -135,12 +136,6 @@ __device__ __forceinline__ void clock_mark(uint32_t) {}
 // Lets the next kernel on the stream be launched now (its CTAs take the SM room this one leaves).
 __device__ __forceinline__ void let_next_kernel_start() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
-// A measurement switch: on unless the environment sets NAME=0. Callers keep the answer in a static.
-inline bool switched_on(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
-
 // Whether launch_overlapped asks for programmatic dependent launch: yes unless TROUPE_PDL=0 (to measure
 // without it).
 inline bool overlapped_launches() {
@@ -186,7 +181,9 @@ void launch_overlapped_clusters(dim3 grid, unsigned cluster_x, dim3 block, size_
                                 Args&&... args) {
   prefer_max_shared_carveout<Kernel>();
 #ifdef TROUPE_KERNEL_CLOCK
-  if (!kernel_clock_bound) {
+  // Device 0's kernels only (rank 0 of a group in one process): one timeline, on one clock.
+  int device = -1;
+  if (!kernel_clock_bound && cudaGetDevice(&device) == cudaSuccess && device == 0) {
     void* buffer = kernel_clock_buffer();
     TROUPE_CUDA_CHECK(cudaMemcpyToSymbol(kernel_clock_device_buffer, &buffer, sizeof buffer));
     kernel_clock_bound = true;

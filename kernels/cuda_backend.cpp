@@ -32,6 +32,7 @@
 #include "kernels/qk_norm.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope_kv.cuh"
+#include "kernels/switches.hpp"
 
 namespace troupe {
 
@@ -622,10 +623,12 @@ class CudaBackend final : public Backend {
   }
 
   // Whether a projection of `tokens` rows goes to kernels/gemv.cu (with what it fuses) rather than
-  // cuBLASLt: at a few tokens, for weights up to 24 MB and for vocabulary-wide ones. Beyond 24 MB,
+  // cuBLASLt: at a few tokens, for weights up to 64 MiB and for vocabulary-wide ones. Beyond that,
   // cuBLASLt streams a weight as fast or faster, and a fused SwiGLU would be recomputed by each of
   // hundreds of blocks: llama-3.1-8b's batch-1 step took 6.51 ms with every projection in the GEMV,
-  // 6.06 with cuBLASLt, on an H100. An LM head (at least 32768 rows, 8 times as many as its row is
+  // 6.06 with cuBLASLt, on an H100. The limit was 24 MB until the GEMV took four rows a warp from
+  // 4096 rows (gemv.cu): with it, 64 MiB brings llama-3.1-8b's qkv and o, and the MLP of its
+  // tensor-parallel shards, into the GEMV (tp4's shard on an H200: 1.76 -> 1.54 ms a step). An LM head (at least 32768 rows, 8 times as many as its row is
   // long) streams as well in the GEMV, with the final norm fused: one token on an H100, qwen3-0.6b's
   // 311 MB head 0.839 -> 0.829/0.834 ms a step, llama-3.1-8b's 1 GB head 6.003 -> 5.985
   // (docs/benchmarks.md). TROUPE_GEMV_MAX_MB sets the limit and TROUPE_GEMV_WIDE=0 keeps the heads on
@@ -635,14 +638,8 @@ class CudaBackend final : public Backend {
     const bool vocabulary = w.size(0) >= 32768 && w.size(0) >= 8 * w.size(1);
     return w.size(0) * w.size(1) * 2 <= gemv_max_weight_bytes_ || (wide_gemv_ && vocabulary);
   }
-  bool wide_gemv_ = [] {
-    const char* v = std::getenv("TROUPE_GEMV_WIDE");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  int64_t gemv_max_weight_bytes_ = [] {
-    const char* v = std::getenv("TROUPE_GEMV_MAX_MB");
-    return (v ? std::atoll(v) : int64_t{24}) << 20;
-  }();
+  bool wide_gemv_ = cuda::switched_on("TROUPE_GEMV_WIDE");
+  int64_t gemv_max_weight_bytes_ = cuda::switch_value("TROUPE_GEMV_MAX_MB", 64) << 20;
 
   // kernels/gemv.cu's call for out = x · w[N, K]ᵀ (+ bias) over `tokens` rows; what it fuses is the
   // caller's to set.
@@ -678,10 +675,7 @@ class CudaBackend final : public Backend {
   // token the fused, overlapped GEMVs made qwen3-0.6b's batch-1 step 17% shorter on an H100
   // (docs/benchmarks.md, "Decode on an H100"); at 8 they made the batch-8 step twice as long (the
   // one-warp-per-row layout spills registers). TROUPE_SMALL_BATCH_GEMV=N (0 to 8) sets it, to measure.
-  int64_t gemv_max_tokens_ = [] {
-    const char* v = std::getenv("TROUPE_SMALL_BATCH_GEMV");
-    return v ? std::clamp<int64_t>(std::atoll(v), 0, cuda::kGemvMaxTokens) : int64_t{1};
-  }();
+  int64_t gemv_max_tokens_ = std::clamp<int64_t>(cuda::switch_value("TROUPE_SMALL_BATCH_GEMV", 1), 0, cuda::kGemvMaxTokens);
   cuda::BlockCache blocks_;
   cuda::StagingRing staging_;
   bool capturing_ = false;

@@ -102,6 +102,11 @@ __device__ void rms_scales(const Params& p, float (&inv_rms)[TOKENS]) {
 // fewer registers for them.
 template <int TOKENS, int ROWS>
 constexpr int kPrefetch = ROWS >= 4 ? (TOKENS == 1 ? 4 : 2) : TOKENS == 1 ? 12 : TOKENS == 2 ? 8 : 4;
+// LONG (one token, one row a warp, 3072 < k ≤ 4096): the whole row, 16 vectors a lane (llama's
+// 1536-row qkv shard at tp4: 7.4 -> 6.0 us a call on an H200, tools/gemv_bench.cu). Only there: where
+// fewer vectors cover a row, or none covers it, the extra registers cost occupancy.
+template <int TOKENS, int ROWS, bool LONG>
+constexpr int kPrefetchOf = LONG ? 16 : kPrefetch<TOKENS, ROWS>;
 
 // 16-byte loads in flight per lane after the prefetched ones: enough at one row and one token to
 // cover the memory latency with few warps per SM, fewer where rows and tokens multiply registers.
@@ -112,7 +117,7 @@ constexpr int kUnroll = ROWS * TOKENS >= 8 ? 1 : 8 / (ROWS * TOKENS);
 // lanes stride along k by 16-byte vectors, each keeping TOKENS × ROWS partial sums, then a butterfly
 // sums the lanes. A plain x is small (at most 8 rows) and read by every warp, from L1/L2; a computed
 // input (rms_norm, silu_mul) is computed once per block into shared memory.
-template <int TOKENS, int ROWS, GemvInput IN, bool ADD>
+template <int TOKENS, int ROWS, GemvInput IN, bool ADD, bool LONG>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   extern __shared__ Vec8 staged[];  // computed input: [TOKENS][k / 8]
   const int64_t vecs = p.k / kVec;
@@ -121,7 +126,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   const int64_t row0 = warp * ROWS;
   const bool has_rows = row0 < p.n;
 
-  constexpr int P = kPrefetch<TOKENS, ROWS>;
+  constexpr int P = kPrefetchOf<TOKENS, ROWS, LONG>;
   Vec8 early[P][ROWS];
   if (has_rows) {
 #pragma unroll
@@ -237,18 +242,24 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   }
 }
 
-template <int TOKENS, int ROWS, GemvInput IN, bool ADD>
+template <int TOKENS, int ROWS, GemvInput IN, bool ADD, bool LONG = false>
 void launch_rows(const Params& p, cudaStream_t stream) {
   const int64_t warps = (p.n + ROWS - 1) / ROWS;
   const auto blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
   const size_t smem = IN == GemvInput::plain ? 0 : static_cast<size_t>(TOKENS * p.k) * sizeof(bf16);
-  launch_overlapped<gemv_kernel<TOKENS, ROWS, IN, ADD>>(dim3(blocks), dim3(kThreads), smem, stream, p);
+  launch_overlapped<gemv_kernel<TOKENS, ROWS, IN, ADD, LONG>>(dim3(blocks), dim3(kThreads), smem, stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 
-// Four rows per warp where that still gives every SM (132 on an H100 SXM) two blocks, and only at
-// one or two tokens: beyond, four rows' sums for every token would spill registers.
-constexpr int64_t kBlocksWanted = 264;
+// Four rows per warp from 4096 rows (128 blocks: nearly a block per SM, 132 on an H100 SXM), and
+// only at one or two tokens: beyond, four rows' sums for every token would spill registers. Fewer,
+// longer-lived warps stream a projection of 4096 to 8000 rows (llama-3.1-8b's qkv, o, and its
+// tensor-parallel shards' projections) in one wave, with a quarter of the reads of the input and a
+// quarter of the blocks that compute a fused one. The threshold was two blocks per SM (8448 rows)
+// until llama-3.1-8b's shards were measured: on an H200, llama-3.1-8b's shapes at tp4 (on one GPU)
+// 1.76 -> 1.54 ms a step together with the 64 MiB weight limit (cuda_backend.cpp), 2.75 -> 2.64 at
+// tp2, 4.45 -> 4.32 at tp1 (docs/benchmarks.md).
+constexpr int64_t kFourRowsMinRows = 4096;
 constexpr int64_t kMaxStagedBytes = 48 * 1024;
 
 // At one token and k ≤ 1024, four rows per warp, each lane holding its share of all four before the
@@ -259,8 +270,10 @@ constexpr int64_t kMaxStagedBytes = 48 * 1024;
 // a step with two rows, 0.812–0.813 with four (docs/benchmarks.md).
 template <int TOKENS, GemvInput IN, bool ADD>
 void launch(const Params& p, cudaStream_t stream) {
-  if ((TOKENS <= 2 && p.n >= kBlocksWanted * kWarps * 4) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>))
+  if ((TOKENS <= 2 && p.n >= kFourRowsMinRows) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>))
     launch_rows<TOKENS, 4, IN, ADD>(p, stream);
+  else if (TOKENS == 1 && p.k > 32 * kVec * kPrefetch<1, 1> && p.k <= 32 * kVec * 16)
+    launch_rows<TOKENS, 1, IN, ADD, true>(p, stream);
   else
     launch_rows<TOKENS, 1, IN, ADD>(p, stream);
 }

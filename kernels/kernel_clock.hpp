@@ -22,7 +22,8 @@ constexpr uint32_t kClockMark = 0x80000000u;
 
 constexpr uint64_t kKernelClockRecords = uint64_t{1} << 20;
 
-// Device memory: a u64 count, then kKernelClockRecords records. One for the process.
+// Device memory: a u64 count, then kKernelClockRecords records. One for the process, on device 0,
+// whose kernels alone record (launch_overlapped binds it only there).
 inline void* kernel_clock_buffer() {
   static void* buffer = [] {
     void* p = nullptr;
@@ -35,8 +36,10 @@ inline void* kernel_clock_buffer() {
 
 inline void dump_kernel_clock() {
   const char* path = std::getenv("TROUPE_KERNEL_CLOCK");
+  int device = -1;
+  if (path == nullptr || cudaGetDevice(&device) != cudaSuccess || device != 0) return;
   void* buffer = kernel_clock_buffer();
-  if (path == nullptr || buffer == nullptr) return;
+  if (buffer == nullptr) return;
   cudaDeviceSynchronize();
   uint64_t count = 0;
   cudaMemcpy(&count, buffer, 8, cudaMemcpyDeviceToHost);

@@ -13,6 +13,7 @@
 #include "kernels/cuda_backend.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/peer_all_reduce.hpp"
+#include "kernels/switches.hpp"
 
 namespace troupe {
 namespace {
@@ -97,8 +98,21 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
+  bool takes_peer_all_reduce(const Tensor& t) const {
+    return peer_ && t.nbytes() <= peer_limit_ && (t.dtype() == DType::bf16 || t.dtype() == DType::f32);
+  }
+
+  // The peer kernel adds into the residual as it stores the sum; NCCL's all-reduce cannot.
+  bool fuses_all_reduce_add(const Tensor& delta) const override { return fuse_add_ && takes_peer_all_reduce(delta); }
+
+  void all_reduce_add(const Tensor& delta, const Tensor& residual) override {
+    if (!fuses_all_reduce_add(delta) || residual.dtype() != delta.dtype() || residual.numel() != delta.numel())
+      throw std::invalid_argument("all_reduce_add: " + delta.describe() + " into " + residual.describe() + " does not fuse here");
+    peer_->all_reduce_add(delta.data(), residual.data(), static_cast<size_t>(delta.numel()), delta.dtype(), stream_);
+  }
+
   void all_reduce(const Tensor& inout) override {
-    if (peer_ && inout.nbytes() <= peer_limit_ && (inout.dtype() == DType::bf16 || inout.dtype() == DType::f32)) {
+    if (takes_peer_all_reduce(inout)) {
       peer_->all_reduce(inout.data(), static_cast<size_t>(inout.numel()), inout.dtype(), stream_);
       return;
     }
@@ -214,6 +228,8 @@ class NcclCommunicator final : public Communicator {
   size_t counts_capacity_ = 0;
   std::unique_ptr<cuda::PeerAllReduce> peer_;  // small all-reduces, where the GPUs map each other
   size_t peer_limit_ = 0;
+  // TROUPE_ALL_REDUCE_ADD=0: the residual add stays a kernel of its own (to measure the fusion).
+  bool fuse_add_ = cuda::switched_on("TROUPE_ALL_REDUCE_ADD");
 };
 
 }  // namespace

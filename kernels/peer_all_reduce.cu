@@ -46,11 +46,12 @@ struct Args {
   uint32_t* flags[max_ranks];   // rank q's flags: [2 exchanges][blocks][max_ranks senders]
   uint32_t* epochs;             // this rank's calls completed, per block
   void* inout;
+  void* residual;      // null: the sum goes to inout; else residual += the sum (rounded first), inout kept
   size_t n;            // elements
   size_t packs;        // ⌈n · element size / 16⌉
   size_t stage_packs;  // one staging buffer
   int rank;
-  bool aligned;  // inout is 16-byte aligned: whole packs move with one access
+  bool aligned;  // inout (and residual) 16-byte aligned: whole packs move with one access
 };
 
 template <typename T>
@@ -96,14 +97,14 @@ __device__ __forceinline__ uint4 from_floats(const float (&in)[Elem<T>::per_pack
   }
 }
 
-// Pack `pack` of the caller's tensor; elements past n read as zero.
+// Pack `pack` of an n-element tensor at `base`; elements past n read as zero.
 template <typename T>
-__device__ __forceinline__ uint4 load_input(const Args& a, size_t pack) {
+__device__ __forceinline__ uint4 load_pack(const Args& a, const void* base, size_t pack) {
   constexpr int per_pack = Elem<T>::per_pack;
   using Bits = typename Elem<T>::Bits;
   const size_t first = pack * per_pack;
-  if (a.aligned && first + per_pack <= a.n) return static_cast<const uint4*>(a.inout)[pack];
-  const Bits* src = static_cast<const Bits*>(a.inout) + first;
+  if (a.aligned && first + per_pack <= a.n) return static_cast<const uint4*>(base)[pack];
+  const Bits* src = static_cast<const Bits*>(base) + first;
   Bits e[per_pack];
 #pragma unroll
   for (int j = 0; j < per_pack; ++j) e[j] = first + j < a.n ? src[j] : Bits{0};
@@ -112,16 +113,34 @@ __device__ __forceinline__ uint4 load_input(const Args& a, size_t pack) {
   return v;
 }
 
+// Pack `pack` of the caller's tensor.
 template <typename T>
-__device__ __forceinline__ void store_output(const Args& a, size_t pack, const uint4& v) {
+__device__ __forceinline__ uint4 load_input(const Args& a, size_t pack) {
+  return load_pack<T>(a, a.inout, pack);
+}
+
+// Pack `pack` of the result: the sum itself, or with a residual, residual + sum (the sum already
+// rounded to T, as a separate add after the all-reduce would see it).
+template <typename T>
+__device__ __forceinline__ void store_output(const Args& a, size_t pack, const uint4& sum) {
   constexpr int per_pack = Elem<T>::per_pack;
   using Bits = typename Elem<T>::Bits;
   const size_t first = pack * per_pack;
+  void* out = a.residual ? a.residual : a.inout;
+  uint4 v = sum;
+  if (a.residual) {
+    float acc[per_pack], x[per_pack];
+    to_floats<T>(load_pack<T>(a, a.residual, pack), acc);
+    to_floats<T>(sum, x);
+#pragma unroll
+    for (int j = 0; j < per_pack; ++j) acc[j] += x[j];
+    v = from_floats<T>(acc);
+  }
   if (a.aligned && first + per_pack <= a.n) {
-    static_cast<uint4*>(a.inout)[pack] = v;
+    static_cast<uint4*>(out)[pack] = v;
     return;
   }
-  Bits* dst = static_cast<Bits*>(a.inout) + first;
+  Bits* dst = static_cast<Bits*>(out) + first;
   Bits e[per_pack];
   memcpy(e, &v, sizeof v);
 #pragma unroll
@@ -184,8 +203,19 @@ __device__ __forceinline__ void end_call(const Args& a, uint32_t epoch) {
   if (threadIdx.x == 0) a.epochs[blockIdx.x] = epoch;
 }
 
+// Both kernels are launched overlapped (common.cuh): a block waits for the kernel before it first,
+// since every input (the message, the sequence counters) may come from it, and then lets the next
+// kernel start, so that its CTAs load their weights while this one waits for the peers. That cannot
+// keep this kernel's own blocks from being resident together (see create()): the next kernel is
+// launched only once every block of this one has started.
+__device__ __forceinline__ void begin_overlapped() {
+  wait_for_previous_kernel();
+  let_next_kernel_start();
+}
+
 template <typename T, int R>
 __global__ void __launch_bounds__(threads) one_shot_kernel(Args a) {
+  begin_overlapped();
   const uint32_t epoch = begin_call(a);
   uint4* mine = staging(a, a.rank, epoch);
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
@@ -199,6 +229,7 @@ __global__ void __launch_bounds__(threads) one_shot_kernel(Args a) {
 
 template <typename T, int R>
 __global__ void __launch_bounds__(threads) two_shot_kernel(Args a) {
+  begin_overlapped();
   const uint32_t epoch = begin_call(a);
   uint4* mine = staging(a, a.rank, epoch);
   const size_t segment = (a.packs + R - 1) / R;
@@ -243,10 +274,10 @@ __global__ void __launch_bounds__(threads) two_shot_kernel(Args a) {
 template <typename T, int R>
 void launch(bool two_shot, const Args& a, int blocks, cudaStream_t stream) {
   if (two_shot) {
-    two_shot_kernel<T, R><<<blocks, threads, 0, stream>>>(a);
+    launch_overlapped<two_shot_kernel<T, R>>(dim3(blocks), dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(two_shot_kernel);
   } else {
-    one_shot_kernel<T, R><<<blocks, threads, 0, stream>>>(a);
+    launch_overlapped<one_shot_kernel<T, R>>(dim3(blocks), dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(one_shot_kernel);
   }
 }
@@ -367,6 +398,17 @@ PeerAllReduce::PeerAllReduce(std::shared_ptr<PeerAllReduceGroup> group, int rank
 }
 
 void PeerAllReduce::all_reduce(void* inout, size_t n, DType dtype, cudaStream_t stream, AllReduceAlgorithm algorithm) {
+  enqueue(inout, nullptr, n, dtype, stream, algorithm);
+}
+
+void PeerAllReduce::all_reduce_add(void* delta, void* residual, size_t n, DType dtype, cudaStream_t stream,
+                                   AllReduceAlgorithm algorithm) {
+  if (n > 0 && residual == nullptr) throw std::invalid_argument("peer all-reduce: residual is null");
+  enqueue(delta, residual, n, dtype, stream, algorithm);
+}
+
+void PeerAllReduce::enqueue(void* inout, void* residual, size_t n, DType dtype, cudaStream_t stream,
+                            AllReduceAlgorithm algorithm) {
   if (dtype != DType::bf16 && dtype != DType::f32)
     throw std::invalid_argument("peer all-reduce: sums BF16 or F32, got " + std::string(dtype_name(dtype)));
   const size_t bytes = n * dtype_size(dtype);
@@ -384,11 +426,12 @@ void PeerAllReduce::all_reduce(void* inout, size_t n, DType dtype, cudaStream_t 
   }
   a.epochs = group_->memory_[rank_].epochs;
   a.inout = inout;
+  a.residual = residual;
   a.n = n;
   a.packs = (bytes + 15) / 16;
   a.stage_packs = group_->stage_bytes_ / 16;
   a.rank = rank_;
-  a.aligned = is_aligned(inout, 16);
+  a.aligned = is_aligned(inout, 16) && (residual == nullptr || is_aligned(residual, 16));
   const bool two_shot = algorithm == AllReduceAlgorithm::two_shot ||
                         (algorithm == AllReduceAlgorithm::automatic && bytes >= peer_all_reduce_two_shot_bytes(ranks));
 

@@ -103,8 +103,15 @@ class PeerAllReduce {
   // the CUDA backend's entry points do.
   void all_reduce(void* inout, size_t n, DType dtype, cudaStream_t stream,
                   AllReduceAlgorithm algorithm = AllReduceAlgorithm::automatic);
+  // residual += the sum over the ranks of delta, the sum rounded to `dtype` before the add: what
+  // all_reduce(delta) and then an elementwise add would give, bit for bit, in one kernel (the
+  // residual stream of tensor-parallel decode). delta is left as it was.
+  void all_reduce_add(void* delta, void* residual, size_t n, DType dtype, cudaStream_t stream,
+                      AllReduceAlgorithm algorithm = AllReduceAlgorithm::automatic);
 
  private:
+  void enqueue(void* inout, void* residual, size_t n, DType dtype, cudaStream_t stream, AllReduceAlgorithm algorithm);
+
   std::shared_ptr<PeerAllReduceGroup> group_;
   int rank_;
 };

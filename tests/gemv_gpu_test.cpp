@@ -79,7 +79,9 @@ TEST(GemvGpu, MatchesCpuForEveryTokenCountAndShape) {
     check(tokens, 1024, 2048, false);   // qwen3-0.6b's o_proj at tp1: one row per warp
     check(tokens, 9000, 128, true);     // wide enough for four rows per warp, the last group partial
   }
-  check(1, 4096, 4096, false);
+  check(1, 4096, 4096, false);       // four rows per warp from 4096 rows
+  check(1, 1536, 4096, true);        // one row per warp, the whole row loaded before the wait (k ≤ 4096)
+  check(1, 1000, 3592, false);       // the same, k not a multiple of 256
   check(1, 40000, 512, true);  // an LM head's shape (vocabulary-wide, short rows)
 }
 
@@ -91,7 +93,8 @@ TEST(GemvGpu, FusedSiluMulLinearEqualsTheTwoKernels) {
     int64_t tokens, n, k;
   };
   // qwen3-0.6b's down projection, llama-3.1-8b's (28 KiB of staged activation at one token), odd rows.
-  const Case cases[] = {{1, 1024, 3072}, {3, 1024, 3072}, {8, 300, 1024}, {1, 4096, 14336}, {2, 37, 264}};
+  const Case cases[] = {{1, 1024, 3072}, {3, 1024, 3072}, {8, 300, 1024}, {1, 4096, 14336}, {2, 37, 264},
+                        {1, 4096, 3584}, {1, 1000, 3584}};
   for (const Case& c : cases) {
     SCOPED_TRACE("tokens " + std::to_string(c.tokens) + ", n " + std::to_string(c.n) + ", k " + std::to_string(c.k));
     const auto gate_up = random_bf16(c.tokens * 2 * c.k, 4), w = random_bf16(c.n * c.k, 5);
@@ -138,7 +141,8 @@ TEST(GemvGpu, FusedRmsNormLinearEqualsTheTwoKernels) {
   };
   // qwen3-0.6b's qkv, llama-3.1-8b's, a 3072-wide norm with four rows per warp, tokens of odd
   // widths, and the most tokens.
-  const Case cases[] = {{1, 4096, 1024}, {1, 6144, 4096}, {2, 9000, 3072}, {3, 300, 2048}, {1, 37, 264}, {8, 64, 1024}};
+  const Case cases[] = {{1, 4096, 1024}, {1, 6144, 4096}, {2, 9000, 3072}, {3, 300, 2048}, {1, 37, 264}, {8, 64, 1024},
+                        {1, 1536, 4096}, {1, 7168, 4096}};
   for (const Case& c : cases) {
     SCOPED_TRACE("tokens " + std::to_string(c.tokens) + ", n " + std::to_string(c.n) + ", k " + std::to_string(c.k));
     auto x = random_bf16(c.tokens * c.k, 6), w = random_bf16(c.n * c.k, 7), g = random_bf16(c.k, 8),

@@ -10,6 +10,9 @@
 //                              alternating, with random stalls on single ranks: a rank that reused a
 //                              staging buffer or a flag too early would corrupt a result
 //   DisjointGroupsAtOnce       (4+ GPUs) two 2-GPU groups running back-to-back calls concurrently
+//   AddsIntoTheResidual        all_reduce_add: each rank's residual + the rounded sum, rounded again,
+//                              bit for bit, delta unchanged, sizes, types, algorithms, misaligned,
+//                              each call right after a plain all-reduce of other data
 //   GraphReplays               a few calls captured into one CUDA graph per rank, replayed 100 times on
 //                              new inputs, then plain calls again
 //
@@ -300,6 +303,15 @@ struct Case {
   size_t misalign;  // bytes past a 16-byte boundary (0 or one element)
 };
 
+// The guard bytes around a tensor of `bytes` at `offset` in `buffer` still hold guard_value.
+void expect_guards_kept(const Bytes& buffer, size_t offset, size_t bytes, const std::string& what) {
+  for (size_t i = 0; i < buffer.size(); ++i)
+    if ((i < offset || i >= offset + bytes) && buffer[i] != guard_value) {
+      ADD_FAILURE() << what << ": wrote outside the tensor, byte " << i;
+      return;
+    }
+}
+
 void check_case(Ranks& ranks, const std::vector<std::unique_ptr<DeviceBuffer>>& buffers, const Case& c, uint64_t seed) {
   const std::vector<Bytes> inputs = inputs_of(ranks.size(), c.dtype, c.n, seed);
   const Bytes want = rank_order_sum(inputs, c.dtype);
@@ -323,11 +335,7 @@ void check_case(Ranks& ranks, const std::vector<std::unique_ptr<DeviceBuffer>>& 
     const Bytes& g = got[r];
     const std::string diff = first_difference(g.data() + guard_bytes + c.misalign, want, c.dtype);
     EXPECT_EQ(diff, "") << what << ", rank " << r;
-    for (size_t i = 0; i < total; ++i)
-      if ((i < guard_bytes + c.misalign || i >= guard_bytes + c.misalign + bytes) && g[i] != guard_value) {
-        ADD_FAILURE() << what << ", rank " << r << ": wrote outside the tensor, byte " << i;
-        break;
-      }
+    expect_guards_kept(g, guard_bytes + c.misalign, bytes, what + ", rank " + std::to_string(r));
   }
 }
 
@@ -353,6 +361,73 @@ TEST_F(PeerAllReduceGpuTest, SumsInRankOrder) {
       for (size_t n : {size_t{1}, size_t{7}, size_t{1000}, size_t{4097}, size_t{65537}, size_t{262147}})
         for (Algorithm a : {Algorithm::one_shot, Algorithm::two_shot})
           check_case(ranks, buffers, {dtype, n, a, dtype_size(dtype)}, seed++);
+    }
+  }
+}
+
+// What all_reduce_add leaves in rank r's residual: residual + the rounded sum, rounded again.
+Bytes residual_plus(const Bytes& residual, const Bytes& sum, DType dtype) {
+  return rank_order_sum({residual, sum}, dtype);
+}
+
+// A plain all-reduce of other data, then all_reduce_add of `delta` into `residual`, on every rank
+// without waiting in between; then the plain result, the residual, the untouched delta and the guard
+// bytes around the residual are checked.
+void check_add_case(Ranks& ranks, const Case& c, uint64_t seed) {
+  const int n_ranks = ranks.size();
+  const std::vector<Bytes> deltas = inputs_of(n_ranks, c.dtype, c.n, seed);
+  const std::vector<Bytes> residuals = inputs_of(n_ranks, c.dtype, c.n, seed + 7777);
+  const std::vector<Bytes> others = inputs_of(n_ranks, c.dtype, c.n, seed + 9999);
+  const Bytes sum = rank_order_sum(deltas, c.dtype);
+  const Bytes other_sum = rank_order_sum(others, c.dtype);
+  const size_t bytes = c.n * dtype_size(c.dtype);
+  const size_t total = guard_bytes + c.misalign + bytes + guard_bytes;
+  std::vector<Bytes> got_residual(static_cast<size_t>(n_ranks), Bytes(total));
+  std::vector<Bytes> got_delta(static_cast<size_t>(n_ranks), Bytes(bytes)), got_other(got_delta);
+  on_every_rank(n_ranks, [&](int r) {
+    TROUPE_CUDA_CHECK(cudaSetDevice(ranks.devices[r]));
+    const cudaStream_t s = ranks.streams[r];
+    DeviceBuffer residual_buffer(ranks.devices[r], total), delta_buffer(ranks.devices[r], bytes + 16),
+        other_buffer(ranks.devices[r], bytes);
+    std::byte* residual = residual_buffer.get() + guard_bytes + c.misalign;
+    std::byte* delta = delta_buffer.get() + c.misalign;
+    TROUPE_CUDA_CHECK(cudaMemsetAsync(residual_buffer.get(), static_cast<int>(guard_value), total, s));
+    TROUPE_CUDA_CHECK(cudaMemcpyAsync(residual, residuals[r].data(), bytes, cudaMemcpyHostToDevice, s));
+    TROUPE_CUDA_CHECK(cudaMemcpyAsync(delta, deltas[r].data(), bytes, cudaMemcpyHostToDevice, s));
+    TROUPE_CUDA_CHECK(cudaMemcpyAsync(other_buffer.get(), others[r].data(), bytes, cudaMemcpyHostToDevice, s));
+    ranks.handles[r]->all_reduce(other_buffer.get(), c.n, c.dtype, s, c.algorithm);
+    ranks.handles[r]->all_reduce_add(delta, residual, c.n, c.dtype, s, c.algorithm);
+    TROUPE_CUDA_CHECK(cudaMemcpyAsync(got_residual[r].data(), residual_buffer.get(), total, cudaMemcpyDeviceToHost, s));
+    TROUPE_CUDA_CHECK(cudaMemcpyAsync(got_delta[r].data(), delta, bytes, cudaMemcpyDeviceToHost, s));
+    TROUPE_CUDA_CHECK(cudaMemcpyAsync(got_other[r].data(), other_buffer.get(), bytes, cudaMemcpyDeviceToHost, s));
+    TROUPE_CUDA_CHECK(cudaStreamSynchronize(s));
+  });
+  const std::string what = ranks.describe() + " all_reduce_add " + std::string(dtype_name(c.dtype)) + " n " +
+                           std::to_string(c.n) + " " + name(c.algorithm) + (c.misalign ? " misaligned" : "");
+  for (int r = 0; r < n_ranks; ++r) {
+    const Bytes& g = got_residual[r];
+    EXPECT_EQ(first_difference(g.data() + guard_bytes + c.misalign, residual_plus(residuals[r], sum, c.dtype), c.dtype), "")
+        << what << ", rank " << r << ": residual";
+    EXPECT_EQ(first_difference(got_delta[r].data(), deltas[r], c.dtype), "") << what << ", rank " << r << ": delta changed";
+    EXPECT_EQ(first_difference(got_other[r].data(), other_sum, c.dtype), "") << what << ", rank " << r << ": plain call";
+    expect_guards_kept(g, guard_bytes + c.misalign, bytes, what + ", rank " + std::to_string(r) + ", residual");
+  }
+}
+
+TEST_F(PeerAllReduceGpuTest, AddsIntoTheResidual) {
+  Watchdog watchdog(std::chrono::seconds(240));
+  for (const auto& devices : test_groups()) {
+    Ranks ranks(devices);
+    uint64_t seed = 50000;
+    for (DType dtype : {DType::bf16, DType::f32}) {
+      const size_t max_n = max_bytes / dtype_size(dtype);
+      for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{4096}, size_t{4099}, size_t{65537}, size_t{300001}, max_n})
+        for (Algorithm a : {Algorithm::automatic, Algorithm::one_shot, Algorithm::two_shot})
+          for (size_t misalign : {size_t{0}, dtype_size(dtype)}) {
+            if (n > max_n) continue;
+            check_add_case(ranks, {dtype, n, a, misalign}, seed);
+            seed += 100;
+          }
     }
   }
 }

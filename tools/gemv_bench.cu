@@ -86,6 +86,10 @@ int main() {
       {"qwen3-0.6b lm_head", 151936, 1024}, {"llama-8b qkv", 6144, 4096},
       {"llama-8b o", 4096, 4096},         {"llama-8b gate_up", 28672, 4096},
       {"llama-8b down", 4096, 14336},     {"llama-8b lm_head", 128256, 4096},
+      {"llama-8b/2 qkv", 3072, 4096},     {"llama-8b/2 o", 4096, 2048},
+      {"llama-8b/2 gate_up", 14336, 4096}, {"llama-8b/2 down", 4096, 7168},
+      {"llama-8b/4 qkv", 1536, 4096},     {"llama-8b/4 o", 4096, 1024},
+      {"llama-8b/4 gate_up", 7168, 4096}, {"llama-8b/4 down", 4096, 3584},
   };
   troupe::cuda::Gemm gemm;
   const size_t l2 = static_cast<size_t>(prop.l2CacheSize);
