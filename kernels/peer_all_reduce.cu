@@ -31,6 +31,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/common.cuh"
 #include "kernels/peer_all_reduce.hpp"
@@ -45,6 +46,8 @@ struct Args {
   uint4* stage[max_ranks];      // rank q's two staging buffers, stage_packs each
   uint32_t* flags[max_ranks];   // rank q's flags: [2 exchanges][blocks][max_ranks senders]
   uint32_t* epochs;             // this rank's calls completed, per block
+  uint4* mailbox[max_ranks];    // rank q's mailboxes (push path): [3 calls][R senders][mailbox_packs]
+  size_t mailbox_packs;
   void* inout;
   void* residual;      // null: the sum goes to inout; else residual += the sum (rounded first), inout kept
   size_t n;            // elements
@@ -271,9 +274,99 @@ __global__ void __launch_bounds__(threads) two_shot_kernel(Args a) {
   end_call(a, epoch);
 }
 
+// The push path (bf16, messages of at most mailbox_bytes): a rank stores its packs straight into a
+// mailbox of every peer, one slot per sender, and each rank reads its own mailbox until every slot
+// holds data. The data is its own signal: the mailboxes hold -0.0 (bf16 0x8000) in every element
+// while empty, and a sender writes a -0.0 of its message as +0.0 (which changes no sum, only the
+// sign of an all-zero one). So a call costs one NVLink write on the critical path, where the pull
+// path's flag exchange and remote reads cost a flag's write and then a read's round trip.
+//
+// Call e uses mailbox e mod 3 (e as in the flag protocol, the same on every rank). A reader empties
+// each slot it has read, at once; a sender writes mailbox e mod 3 again only in call e + 3, which it
+// starts after its call e + 2 has read this rank's data of call e + 2, sent after this rank's call e
+// ended. Each thread sends and reads the same packs, so no thread waits for another of its block.
+constexpr uint32_t kEmpty = 0x80008000u;  // two bf16 -0.0
+
+__device__ __forceinline__ uint32_t scrub_word(uint32_t w) {
+  if ((w & 0xffffu) == 0x8000u) w &= 0xffff0000u;
+  if ((w >> 16) == 0x8000u) w &= 0x0000ffffu;
+  return w;
+}
+
+__device__ __forceinline__ uint4 scrub(uint4 v) { return make_uint4(scrub_word(v.x), scrub_word(v.y), scrub_word(v.z), scrub_word(v.w)); }
+
+__device__ __forceinline__ bool holds_empty(uint32_t w) { return (w & 0xffffu) == 0x8000u || (w >> 16) == 0x8000u; }
+
+__device__ __forceinline__ bool arrived(const uint4& v) {
+  return !holds_empty(v.x) && !holds_empty(v.y) && !holds_empty(v.z) && !holds_empty(v.w);
+}
+
+__device__ __forceinline__ void store_volatile(uint4* p, const uint4& v) {
+  asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
+__device__ __forceinline__ uint4 load_volatile(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+
+template <int R>
+__global__ void __launch_bounds__(threads) push_kernel(Args a) {
+  begin_overlapped();
+  const uint32_t epoch = begin_call(a);
+  const size_t call = epoch % 3;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  const size_t start = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  auto slot = [&](int owner, int sender) { return a.mailbox[owner] + (call * R + sender) * a.mailbox_packs; };
+  for (size_t p = start; p < a.packs; p += stride) {
+    const uint4 v = scrub(load_input<bf16>(a, p));
+#pragma unroll
+    for (int q = 0; q < R; ++q)
+      if (q != a.rank) store_volatile(slot(q, a.rank) + p, v);
+  }
+  for (size_t p = start; p < a.packs; p += stride) {
+    uint4 v[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) {
+      if (q == a.rank) {
+        v[q] = scrub(load_input<bf16>(a, p));
+        continue;
+      }
+      uint4* box = slot(a.rank, q) + p;
+      do {
+        v[q] = load_volatile(box);
+      } while (!arrived(v[q]));
+      store_volatile(box, make_uint4(kEmpty, kEmpty, kEmpty, kEmpty));
+    }
+    float acc[8];
+    to_floats<bf16>(v[0], acc);
+#pragma unroll
+    for (int q = 1; q < R; ++q) {
+      float x[8];
+      to_floats<bf16>(v[q], x);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] += x[j];
+    }
+    store_output<bf16>(a, p, from_floats<bf16>(acc));
+  }
+  end_call(a, epoch);
+}
+
 template <typename T, int R>
-void launch(bool two_shot, const Args& a, int blocks, cudaStream_t stream) {
-  if (two_shot) {
+void launch(AllReduceAlgorithm algorithm, const Args& a, int blocks, cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (algorithm == AllReduceAlgorithm::push) {
+      launch_overlapped<push_kernel<R>>(dim3(blocks), dim3(threads), 0, stream, a);
+      TROUPE_CUDA_CHECK_LAUNCH(push_kernel);
+      return;
+    }
+  }
+  if (algorithm == AllReduceAlgorithm::two_shot) {
     launch_overlapped<two_shot_kernel<T, R>>(dim3(blocks), dim3(threads), 0, stream, a);
     TROUPE_CUDA_CHECK_LAUNCH(two_shot_kernel);
   } else {
@@ -283,11 +376,11 @@ void launch(bool two_shot, const Args& a, int blocks, cudaStream_t stream) {
 }
 
 template <typename T>
-void launch_for_ranks(int ranks, bool two_shot, const Args& a, int blocks, cudaStream_t stream) {
+void launch_for_ranks(int ranks, AllReduceAlgorithm algorithm, const Args& a, int blocks, cudaStream_t stream) {
   switch (ranks) {
-    case 2: return launch<T, 2>(two_shot, a, blocks, stream);
-    case 4: return launch<T, 4>(two_shot, a, blocks, stream);
-    case 8: return launch<T, 8>(two_shot, a, blocks, stream);
+    case 2: return launch<T, 2>(algorithm, a, blocks, stream);
+    case 4: return launch<T, 4>(algorithm, a, blocks, stream);
+    case 8: return launch<T, 8>(algorithm, a, blocks, stream);
     default: throw std::logic_error("peer all-reduce: no kernel for " + std::to_string(ranks) + " ranks");
   }
 }
@@ -347,7 +440,11 @@ std::shared_ptr<PeerAllReduceGroup> PeerAllReduceGroup::create(std::vector<int> 
 }
 
 PeerAllReduceGroup::PeerAllReduceGroup(std::vector<int> devices, size_t max_bytes, int blocks)
-    : devices_(std::move(devices)), max_bytes_(max_bytes), stage_bytes_(round_up(max_bytes, 256)), blocks_(blocks) {}
+    : devices_(std::move(devices)),
+      max_bytes_(max_bytes),
+      stage_bytes_(round_up(max_bytes, 256)),
+      mailbox_bytes_(round_up(std::min(max_bytes, peer_all_reduce_push_bytes), 256)),
+      blocks_(blocks) {}
 
 void PeerAllReduceGroup::allocate() {
   KeepCurrentDevice keep;
@@ -365,13 +462,18 @@ void PeerAllReduceGroup::allocate() {
         TROUPE_CUDA_CHECK(status);
     }
     RankMemory m;
-    TROUPE_CUDA_CHECK(cudaMalloc(&m.base, header_bytes + 2 * stage_bytes_));
+    const size_t mailboxes = 3 * devices_.size() * mailbox_bytes_;
+    TROUPE_CUDA_CHECK(cudaMalloc(&m.base, header_bytes + 2 * stage_bytes_ + mailboxes));
     std::byte* base = static_cast<std::byte*>(m.base);
     m.flags = reinterpret_cast<uint32_t*>(base);
     m.epochs = reinterpret_cast<uint32_t*>(base + flag_bytes);
     m.stage = base + header_bytes;
+    m.mailbox = base + header_bytes + 2 * stage_bytes_;
     memory_.push_back(m);  // freed by the destructor from here on
     TROUPE_CUDA_CHECK(cudaMemset(m.base, 0, header_bytes + 2 * stage_bytes_));
+    // Empty mailboxes: every bf16 is -0.0 (see push_kernel).
+    const std::vector<uint16_t> empty(mailboxes / 2, uint16_t{0x8000});
+    TROUPE_CUDA_CHECK(cudaMemcpy(m.mailbox, empty.data(), mailboxes, cudaMemcpyHostToDevice));
   }
   // Every rank's flags must be zero before any peer's first call writes into them.
   for (int device : devices_) {
@@ -432,14 +534,24 @@ void PeerAllReduce::enqueue(void* inout, void* residual, size_t n, DType dtype, 
   a.stage_packs = group_->stage_bytes_ / 16;
   a.rank = rank_;
   a.aligned = is_aligned(inout, 16) && (residual == nullptr || is_aligned(residual, 16));
-  const bool two_shot = algorithm == AllReduceAlgorithm::two_shot ||
-                        (algorithm == AllReduceAlgorithm::automatic && bytes >= peer_all_reduce_two_shot_bytes(ranks));
+  for (int q = 0; q < ranks; ++q) a.mailbox[q] = static_cast<uint4*>(group_->memory_[q].mailbox);
+  a.mailbox_packs = group_->mailbox_bytes_ / 16;
+  const bool pushable = dtype == DType::bf16 && bytes <= group_->mailbox_bytes_;
+  if (algorithm == AllReduceAlgorithm::push && !pushable)
+    throw std::invalid_argument("peer all-reduce: the push path takes bf16 messages of at most " +
+                                std::to_string(group_->mailbox_bytes_) + " bytes");
+  if (algorithm == AllReduceAlgorithm::automatic) {
+    static const bool push_on = switched_on("TROUPE_PEER_PUSH");
+    algorithm = pushable && push_on                                 ? AllReduceAlgorithm::push
+                : bytes >= peer_all_reduce_two_shot_bytes(ranks) ? AllReduceAlgorithm::two_shot
+                                                                  : AllReduceAlgorithm::one_shot;
+  }
 
   TROUPE_CUDA_CHECK(cudaSetDevice(group_->devices_[rank_]));
   if (dtype == DType::bf16)
-    launch_for_ranks<bf16>(ranks, two_shot, a, group_->blocks_, stream);
+    launch_for_ranks<bf16>(ranks, algorithm, a, group_->blocks_, stream);
   else
-    launch_for_ranks<float>(ranks, two_shot, a, group_->blocks_, stream);
+    launch_for_ranks<float>(ranks, algorithm, a, group_->blocks_, stream);
 }
 
 }  // namespace troupe::cuda

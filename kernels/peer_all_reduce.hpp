@@ -8,6 +8,10 @@
 //             buffer, and after a second flag exchange every rank copies the other segments' sums
 //             from their owners (all-gather). Less NVLink traffic per rank (2(R-1)/R instead of R-1
 //             message sizes), one more synchronisation.
+//   push:     (bf16, small messages) every rank writes its message into a mailbox of every peer and
+//             sums its own mailbox once every slot has arrived; empty mailboxes hold -0.0, so the
+//             data is its own signal (a -0.0 in a message travels as +0.0). One NVLink write on the
+//             critical path, no flags.
 //
 // Sums are taken in rank order 0, 1, ..., R-1 in f32 (bf16 rounded once at the end), so every rank
 // holds bit-identical results, equal to the sequential f32 sum rounded to the element type.
@@ -38,7 +42,11 @@ inline constexpr int peer_all_reduce_max_ranks = 8;
 inline constexpr int peer_all_reduce_default_blocks = 36;
 inline constexpr int peer_all_reduce_threads = 512;
 
-enum class AllReduceAlgorithm { automatic, one_shot, two_shot };
+enum class AllReduceAlgorithm { automatic, one_shot, two_shot, push };
+
+// Under AllReduceAlgorithm::automatic, bf16 messages of at most this many bytes take the push path
+// (see the top of the file); each rank keeps 3 × ranks mailboxes of this size.
+inline constexpr size_t peer_all_reduce_push_bytes = size_t{64} << 10;
 
 // Under AllReduceAlgorithm::automatic, messages of at least this many bytes take the two-shot path.
 // First guesses (two-shot's saving of NVLink bytes grows with the rank count; with 2 ranks both move
@@ -76,6 +84,7 @@ class PeerAllReduceGroup {
     uint32_t* flags = nullptr;   // [2 exchanges][blocks][max ranks], written by the peers
     uint32_t* epochs = nullptr;  // [blocks]: calls completed, per block
     void* stage = nullptr;       // [2][stage_bytes_]
+    void* mailbox = nullptr;     // [3 calls][ranks senders][mailbox_bytes_], the push path's
   };
 
   PeerAllReduceGroup(std::vector<int> devices, size_t max_bytes, int blocks);
@@ -84,6 +93,7 @@ class PeerAllReduceGroup {
   std::vector<int> devices_;
   size_t max_bytes_;
   size_t stage_bytes_;  // max_bytes_ rounded up to 16-byte packs
+  size_t mailbox_bytes_;  // the push path's largest message (peer_all_reduce_push_bytes or max_bytes_)
   int blocks_;
   std::vector<RankMemory> memory_;
 };

@@ -4,8 +4,8 @@
 // element type (so every rank holds the same bits). Inputs have random exponents and full mantissas,
 // so a different summation order would change low bits. Bytes around the tensor must stay untouched.
 //
-//   SumsInRankOrder            1 element to max_bytes, odd sizes, bf16 and f32, each algorithm, aligned
-//                              and misaligned tensors
+//   SumsInRankOrder            1 element to max_bytes, odd sizes, bf16 and f32, each algorithm (the
+//                              push path up to its mailbox size), aligned and misaligned tensors
 //   BackToBackCalls            1000 calls without a host synchronisation, sizes, types and algorithms
 //                              alternating, with random stalls on single ranks: a rank that reused a
 //                              staging buffer or a flag too early would corrupt a result
@@ -59,6 +59,7 @@ const char* name(Algorithm a) {
     case Algorithm::automatic: return "automatic";
     case Algorithm::one_shot: return "one-shot";
     case Algorithm::two_shot: return "two-shot";
+    case Algorithm::push: return "push";
   }
   return "?";
 }
@@ -290,9 +291,20 @@ TEST_F(PeerAllReduceGpuTest, RejectsBadArguments) {
   EXPECT_EQ(rank0.max_bytes(), max_bytes);
   EXPECT_THROW(rank0.all_reduce(buffer.get(), max_bytes / 2 + 1, DType::bf16, ranks.streams[0]), std::invalid_argument);
   EXPECT_THROW(rank0.all_reduce(buffer.get(), 16, DType::f16, ranks.streams[0]), std::invalid_argument);
+  EXPECT_THROW(rank0.all_reduce(buffer.get(), 16, DType::f32, ranks.streams[0], Algorithm::push), std::invalid_argument);
+  EXPECT_THROW(rank0.all_reduce(buffer.get(), peer_all_reduce_push_bytes / 2 + 1, DType::bf16, ranks.streams[0],
+                                Algorithm::push),
+               std::invalid_argument);
   // n == 0 launches nothing, so one rank alone may call it without waiting for its peer.
   rank0.all_reduce(buffer.get(), 0, DType::bf16, ranks.streams[0]);
   TROUPE_CUDA_CHECK(cudaStreamSynchronize(ranks.streams[0]));
+}
+
+// Every algorithm that takes n elements of dtype: the push path only bf16 up to its mailbox size.
+std::vector<Algorithm> algorithms_for(DType dtype, size_t n) {
+  std::vector<Algorithm> out = {Algorithm::automatic, Algorithm::one_shot, Algorithm::two_shot};
+  if (dtype == DType::bf16 && n * 2 <= peer_all_reduce_push_bytes) out.push_back(Algorithm::push);
+  return out;
 }
 
 // One call on every rank: inputs in, the sum and the guard bytes out.
@@ -355,12 +367,12 @@ TEST_F(PeerAllReduceGpuTest, SumsInRankOrder) {
                                    524309, threshold_n - 1, threshold_n, max_n - 1, max_n};
       for (size_t n : sizes) {
         if (n == 0 || n > max_n) continue;
-        for (Algorithm a : {Algorithm::automatic, Algorithm::one_shot, Algorithm::two_shot})
+        for (Algorithm a : algorithms_for(dtype, n))
           check_case(ranks, buffers, {dtype, n, a, 0}, seed++);
       }
       for (size_t n : {size_t{1}, size_t{7}, size_t{1000}, size_t{4097}, size_t{65537}, size_t{262147}})
-        for (Algorithm a : {Algorithm::one_shot, Algorithm::two_shot})
-          check_case(ranks, buffers, {dtype, n, a, dtype_size(dtype)}, seed++);
+        for (Algorithm a : algorithms_for(dtype, n))
+          if (a != Algorithm::automatic) check_case(ranks, buffers, {dtype, n, a, dtype_size(dtype)}, seed++);
     }
   }
 }
@@ -422,7 +434,7 @@ TEST_F(PeerAllReduceGpuTest, AddsIntoTheResidual) {
     for (DType dtype : {DType::bf16, DType::f32}) {
       const size_t max_n = max_bytes / dtype_size(dtype);
       for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{4096}, size_t{4099}, size_t{65537}, size_t{300001}, max_n})
-        for (Algorithm a : {Algorithm::automatic, Algorithm::one_shot, Algorithm::two_shot})
+        for (Algorithm a : algorithms_for(dtype, n))
           for (size_t misalign : {size_t{0}, dtype_size(dtype)}) {
             if (n > max_n) continue;
             check_add_case(ranks, {dtype, n, a, misalign}, seed);
@@ -442,7 +454,8 @@ void back_to_back(Ranks& ranks, int calls, uint64_t seed) {
       {DType::f32, 300001, Algorithm::automatic, 0},       {DType::bf16, 37, Algorithm::two_shot, 0},
       {DType::bf16, max_bf16 / 8 + 5, Algorithm::automatic, 0}, {DType::f32, 1023, Algorithm::one_shot, 0},
       {DType::bf16, 100000, Algorithm::automatic, 0},      {DType::f32, 9, Algorithm::two_shot, 0},
-      {DType::bf16, 65537, Algorithm::two_shot, 0},
+      {DType::bf16, 65537, Algorithm::two_shot, 0},        {DType::bf16, 32768, Algorithm::push, 0},
+      {DType::bf16, 5, Algorithm::push, 0},
   };
   constexpr int variants = 3;
   const int ranks_n = ranks.size();

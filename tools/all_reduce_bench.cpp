@@ -44,11 +44,12 @@ void nccl_check(ncclResult_t status, const char* call) {
 }
 #define NCCL_CHECK(call) nccl_check((call), #call)
 
-enum class Method { one_shot, two_shot, nccl };
+enum class Method { one_shot, two_shot, push, nccl };
 const char* method_name(Method m) {
   switch (m) {
     case Method::one_shot: return "one_shot";
     case Method::two_shot: return "two_shot";
+    case Method::push: return "push";
     case Method::nccl: return "nccl";
   }
   return "?";
@@ -106,7 +107,9 @@ class Rank {
       NCCL_CHECK(ncclAllReduce(buffer_, buffer_, n, ncclBfloat16, ncclSum, comm_, stream_));
     else
       peer_.all_reduce(buffer_, n, DType::bf16, stream_,
-                       c.method == Method::one_shot ? AllReduceAlgorithm::one_shot : AllReduceAlgorithm::two_shot);
+                       c.method == Method::one_shot   ? AllReduceAlgorithm::one_shot
+                       : c.method == Method::two_shot ? AllReduceAlgorithm::two_shot
+                                                      : AllReduceAlgorithm::push);
   }
 
   // One call on r + 1 everywhere must give 1 + 2 + ... + R (exact in bf16 for R ≤ 8).
@@ -171,7 +174,8 @@ std::vector<Result> bench_group(const std::vector<int>& devices, const Options& 
   std::vector<Case> cases;
   for (size_t bytes : sizes)
     for (bool graph : {false, true})
-      for (Method m : {Method::one_shot, Method::two_shot, Method::nccl}) cases.push_back({bytes, m, graph});
+      for (Method m : {Method::one_shot, Method::two_shot, Method::push, Method::nccl})
+        if (m != Method::push || bytes <= troupe::cuda::peer_all_reduce_push_bytes) cases.push_back({bytes, m, graph});
   // us[case][rank], ok[case][rank]
   std::vector<std::vector<double>> us(cases.size(), std::vector<double>(devices.size()));
   std::vector<std::vector<char>> ok(cases.size(), std::vector<char>(devices.size()));
@@ -212,20 +216,26 @@ std::string size_name(size_t bytes) {
   return bytes >= (size_t{1} << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes >> 10) + " KiB";
 }
 
+// One row per (size, launch): the cases of bench_group in order, the push path's only where it runs.
 void print_table(const std::vector<Result>& results) {
-  std::printf("\n%5s %8s %6s %12s %12s %12s %10s %12s\n", "ranks", "size", "launch", "one-shot us", "two-shot us",
-              "nccl us", "best/nccl", "best busbw");
-  for (size_t i = 0; i + 2 < results.size(); i += 3) {
+  std::printf("\n%5s %8s %6s %12s %12s %12s %12s %10s %12s\n", "ranks", "size", "launch", "one-shot us", "two-shot us",
+              "push us", "nccl us", "best/nccl", "best busbw");
+  for (size_t i = 0; i < results.size();) {
     const Result& one = results[i];
     const Result& two = results[i + 1];
-    const Result& nccl = results[i + 2];
-    const double best = std::min(one.us_slowest, two.us_slowest);
+    const bool has_push = results[i + 2].c.method == Method::push;
+    const Result* push = has_push ? &results[i + 2] : nullptr;
+    const Result& nccl = results[i + (has_push ? 3 : 2)];
+    i += has_push ? 4 : 3;
+    double best = std::min(one.us_slowest, two.us_slowest);
+    if (push) best = std::min(best, push->us_slowest);
     const double busbw =
         static_cast<double>(one.c.bytes) / (best * 1e-6) * 2.0 * (one.ranks - 1) / one.ranks / 1e9;  // GB/s
-    std::printf("%5d %8s %6s %12.2f %12.2f %12.2f %10.2f %9.1f GB/s%s\n", one.ranks, size_name(one.c.bytes).c_str(),
-                one.c.graph ? "graph" : "plain", one.us_slowest, two.us_slowest, nccl.us_slowest,
-                best / nccl.us_slowest, busbw,
-                one.correct && two.correct && nccl.correct ? "" : "   WRONG RESULT (see json)");
+    const bool correct = one.correct && two.correct && nccl.correct && (!push || push->correct);
+    std::printf("%5d %8s %6s %12.2f %12.2f %12s %12.2f %10.2f %9.1f GB/s%s\n", one.ranks, size_name(one.c.bytes).c_str(),
+                one.c.graph ? "graph" : "plain", one.us_slowest, two.us_slowest,
+                push ? std::to_string(push->us_slowest).substr(0, 6).c_str() : "-", nccl.us_slowest,
+                best / nccl.us_slowest, busbw, correct ? "" : "   WRONG RESULT (see json)");
   }
 }
 
