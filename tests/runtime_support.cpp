@@ -51,7 +51,7 @@ std::vector<Outcome> run_jobs(Runtime& runtime, const std::vector<Job>& jobs, do
 }
 
 int greedy_departures(const std::string& what, const std::vector<Outcome>& ref, const std::vector<Outcome>& got,
-                      NearTieRule rule, const std::vector<Outcome>* f32) {
+                      NearTieRule rule, const std::vector<Outcome>* f32, const DepartureExplainer& explain) {
   int departed = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
     EXPECT_TRUE(got[i].done) << what << " request " << i;
@@ -76,6 +76,13 @@ int greedy_departures(const std::string& what, const std::vector<Outcome>& ref, 
       EXPECT_LE(gap, rule.gap) << what << " request " << i << " token " << k << ": left the reference's path where it was no near-tie";
       bool among = false;
       for (size_t j = 1; j < std::min(rule.within, b.top.size()); ++j) among = among || a.token == b.top[j].token;
+      if (!among && gap <= rule.gap && explain) {
+        const std::string why = explain(i, k);
+        if (!why.empty()) {
+          std::printf("    %s\n", why.c_str());
+          break;
+        }
+      }
       EXPECT_TRUE(among) << what << " request " << i << " token " << k << ": not among the reference's " << rule.within
                          << " best tokens";
       break;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -53,8 +54,12 @@ struct NearTieRule {
 };
 constexpr NearTieRule kDenseNearTie{0.1f, 2};
 constexpr NearTieRule kMoeNearTie{0.3f, 5};
+// Why request i left the reference's path at its token k beyond the rule's bound, where it can tell
+// ("" where it cannot: then the departure fails the test).
+using DepartureExplainer = std::function<std::string(size_t request, size_t token)>;
 int greedy_departures(const std::string& what, const std::vector<Outcome>& ref, const std::vector<Outcome>& got,
-                      NearTieRule rule, const std::vector<Outcome>* f32 = nullptr);
+                      NearTieRule rule, const std::vector<Outcome>* f32 = nullptr,
+                      const DepartureExplainer& explain = {});
 
 RuntimeOptions tiny_options(const std::string& preset, int tp = 1, int pp = 1, int dp = 1, bool ep = false);
 
