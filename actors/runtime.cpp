@@ -42,10 +42,10 @@ caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads, 
   // them. GPU workers wait for their devices instead, and a step's way back to the GPU (the workers'
   // replies, the scheduler's turn, the next plan) crosses a thread that was idle while the GPU ran:
   // woken from a condition variable, each such hop cost ~40 us on the GPU machine (a virtual one).
-  // Work stealing runs a message's receiver on the sender's thread, and its idle threads poll for
-  // `spin` attempts (~10 ms) before they sleep: llama-3.1-8b at batch 1 on an H200, 150 -> 35 us
+  // Work stealing runs a message's receiver on the sender's thread, and its idle threads poll 100000
+  // times (some milliseconds) before they sleep: llama-3.1-8b at batch 1 on an H200, 150 -> 35 us
   // between a step's end and the next one's start, and 2.40 -> 2.31 ms a step at tp4
-  // (docs/benchmarks.md). TROUPE_CAF_POLICY=sharing keeps the sharing policy, to measure.
+  // (docs/benchmarks.md). TROUPE_CAF_POLICY=sharing (or stealing) overrides the choice, to measure.
   const char* policy = std::getenv("TROUPE_CAF_POLICY");
   const bool stealing = policy ? std::string_view(policy) == "stealing" : gpu;
   cfg.set("scheduler.policy", stealing ? caf::atom("stealing") : caf::atom("sharing"));

@@ -628,7 +628,8 @@ class CudaBackend final : public Backend {
   // hundreds of blocks: llama-3.1-8b's batch-1 step took 6.51 ms with every projection in the GEMV,
   // 6.06 with cuBLASLt, on an H100. The limit was 24 MB until the GEMV took four rows a warp from
   // 4096 rows (gemv.cu): with it, 64 MiB brings llama-3.1-8b's qkv and o, and the MLP of its
-  // tensor-parallel shards, into the GEMV (tp4's shard on an H200: 1.76 -> 1.54 ms a step). An LM head (at least 32768 rows, 8 times as many as its row is
+  // tensor-parallel shards, into the GEMV (tp4's shard on an H200: 1.76 -> 1.54 ms a step). An LM
+  // head (at least 32768 rows, 8 times as many as its row is
   // long) streams as well in the GEMV, with the final norm fused: one token on an H100, qwen3-0.6b's
   // 311 MB head 0.839 -> 0.829/0.834 ms a step, llama-3.1-8b's 1 GB head 6.003 -> 5.985
   // (docs/benchmarks.md). TROUPE_GEMV_MAX_MB sets the limit and TROUPE_GEMV_WIDE=0 keeps the heads on

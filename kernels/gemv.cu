@@ -270,12 +270,17 @@ constexpr int64_t kMaxStagedBytes = 48 * 1024;
 // a step with two rows, 0.812–0.813 with four (docs/benchmarks.md).
 template <int TOKENS, GemvInput IN, bool ADD>
 void launch(const Params& p, cudaStream_t stream) {
-  if ((TOKENS <= 2 && p.n >= kFourRowsMinRows) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>))
+  if ((TOKENS <= 2 && p.n >= kFourRowsMinRows) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>)) {
     launch_rows<TOKENS, 4, IN, ADD>(p, stream);
-  else if (TOKENS == 1 && p.k > 32 * kVec * kPrefetch<1, 1> && p.k <= 32 * kVec * 16)
-    launch_rows<TOKENS, 1, IN, ADD, true>(p, stream);
-  else
-    launch_rows<TOKENS, 1, IN, ADD>(p, stream);
+    return;
+  }
+  if constexpr (TOKENS == 1) {
+    if (p.k > 32 * kVec * kPrefetch<1, 1> && p.k <= 32 * kVec * 16) {
+      launch_rows<1, 1, IN, ADD, true>(p, stream);
+      return;
+    }
+  }
+  launch_rows<TOKENS, 1, IN, ADD>(p, stream);
 }
 
 template <GemvInput IN, bool ADD>

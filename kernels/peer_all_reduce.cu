@@ -1,5 +1,6 @@
 // The all-reduce of kernels/peer_all_reduce.hpp: one kernel per call, synchronised with the peers
-// through flags in device memory.
+// through flags in device memory (one-shot, two-shot) or through the data itself (push: see
+// push_kernel below; what follows is the flag protocol).
 //
 // Work split. A message is P 16-byte packs (8 bf16 or 4 f32; the last pack is padded with zeros in
 // the staging buffer). Every rank launches the same grid, and block b of every rank handles the same

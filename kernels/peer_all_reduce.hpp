@@ -14,7 +14,8 @@
 //             critical path, no flags.
 //
 // Sums are taken in rank order 0, 1, ..., R-1 in f32 (bf16 rounded once at the end), so every rank
-// holds bit-identical results, equal to the sequential f32 sum rounded to the element type.
+// holds bit-identical results, equal to the sequential f32 sum rounded to the element type (the push
+// path adds a -0.0 as +0.0, which changes only the sign of a sum of zeros).
 //
 // Like NCCL: every rank of a group calls all_reduce the same number of times, in the same order,
 // with the same n, dtype and algorithm; a rank's calls are ordered on the GPU (one stream, or
