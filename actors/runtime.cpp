@@ -46,8 +46,10 @@ caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads, 
   // times (some milliseconds) before they sleep: llama-3.1-8b at batch 1 on an H200, 150 -> 35 us
   // between a step's end and the next one's start, and 2.40 -> 2.31 ms a step at tp4
   // (docs/benchmarks.md). TROUPE_CAF_POLICY=sharing (or stealing) overrides the choice, to measure.
+  // Only where every polling thread has a core beside the workers' threads.
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
   const char* policy = std::getenv("TROUPE_CAF_POLICY");
-  const bool stealing = policy ? std::string_view(policy) == "stealing" : gpu;
+  const bool stealing = policy ? std::string_view(policy) == "stealing" : gpu && cores >= threads + workers;
   cfg.set("scheduler.policy", stealing ? caf::atom("stealing") : caf::atom("sharing"));
   if (stealing) cfg.set("work-stealing.aggressive-poll-attempts", size_t{100000});
   cfg.set("scheduler.max-threads", static_cast<size_t>(threads));
