@@ -17,17 +17,20 @@
 // peer's reads follow its acquire, so they see the staged data. Remote reads use ld.global.cg (L2,
 // where a GPU's memory is coherent for its peers).
 //
-// Buffer reuse. Call e uses staging buffer e mod 2 (e = per-block call count, kept in device memory
-// by the kernel itself, so graph replays count too; the same on every rank because every call
-// launches the same grid). A rank overwrites buffer e mod 2 only in call e + 2, which starts after
-// its call e + 1 has ended (stream order); that kernel's blocks each saw exchange 0 of call e + 1
-// from every peer, so every peer had started call e + 1, hence ended call e, and reads nothing of
-// call e any more. So no end-of-call barrier is needed: one flag exchange per one-shot call.
+// Buffer reuse. Call e uses staging buffer e mod 2 (e = the block's count of the calls it took part
+// in, kept in device memory by the kernel itself, so graph replays count too; the same on every rank
+// because every rank launches a call with the same grid; the flag protocol's calls launch every
+// block, the push path only those its message needs). A rank overwrites buffer e mod 2 only in call
+// e + 2, which starts after its call e + 1 has ended (stream order); that kernel's block saw
+// exchange 0 of call e + 1 (or, pushed, the data) from every peer, so every peer had started call
+// e + 1, hence ended call e, and reads nothing of call e any more. So no end-of-call barrier is
+// needed: one flag exchange per one-shot call.
 //
 // Flag values. When block b of rank r waits for e, a peer's flag holds e − 1, e or e + 1 (the peer
 // can finish call e and reach exchange 0 of call e + 1 before r reads, but not call e + 2, which
 // needs r's signal of call e + 1); hence the wrap-safe "≥" test. The flags of exchange 1 never run
 // ahead (a peer reaches exchange 1 of e + 1 only after r's exchange 0 of e + 1).
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -548,9 +551,16 @@ void PeerAllReduce::enqueue(void* inout, void* residual, size_t n, DType dtype, 
                                                                   : AllReduceAlgorithm::one_shot;
   }
 
+  // The push path launches only the blocks its packs need (a decode step's 8 KiB: one): a block's
+  // sequence number counts the calls it took part in, the same on every rank, and each protocol's
+  // reuse argument holds block by block (see the top of the file and push_kernel).
+  int blocks = group_->blocks_;
+  static const bool push_grid = switched_on("TROUPE_PEER_PUSH_GRID");
+  if (algorithm == AllReduceAlgorithm::push && push_grid)
+    blocks = static_cast<int>(std::min<size_t>(blocks, (a.packs + threads - 1) / threads));
   TROUPE_CUDA_CHECK(cudaSetDevice(group_->devices_[rank_]));
   if (dtype == DType::bf16)
-    launch_for_ranks<bf16>(ranks, algorithm, a, group_->blocks_, stream);
+    launch_for_ranks<bf16>(ranks, algorithm, a, blocks, stream);
   else
     launch_for_ranks<float>(ranks, algorithm, a, group_->blocks_, stream);
 }
