@@ -35,8 +35,8 @@ caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads, 
   // By default the cores the workers' own threads leave, between 2 and 8: every request's tokens
   // pass through these threads each step (hundreds of messages per step at high concurrency, per
   // data-parallel replica).
-  if (threads <= 0)
-    threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()) - workers, 2, 8);
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  if (threads <= 0) threads = std::clamp(cores - workers, 2, 8);
   // The CPU backend's workers compute on the cores themselves: the sharing policy blocks idle
   // scheduler threads on a condition variable, where work stealing would poll and take cores from
   // them. GPU workers wait for their devices instead, and a step's way back to the GPU (the workers'
@@ -47,7 +47,6 @@ caf::actor_system_config& configure(caf::actor_system_config& cfg, int threads, 
   // between a step's end and the next one's start, and 2.40 -> 2.31 ms a step at tp4
   // (docs/benchmarks.md). TROUPE_CAF_POLICY=sharing (or stealing) overrides the choice, to measure.
   // Only where every polling thread has a core beside the workers' threads.
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
   const char* policy = std::getenv("TROUPE_CAF_POLICY");
   const bool stealing = policy ? std::string_view(policy) == "stealing" : gpu && cores >= threads + workers;
   cfg.set("scheduler.policy", stealing ? caf::atom("stealing") : caf::atom("sharing"));

@@ -104,6 +104,22 @@ __device__ __forceinline__ uint4 from_floats(const float (&in)[Elem<T>::per_pack
   }
 }
 
+// v[0] + v[1] + … + v[N-1], pack by pack, in that order, in f32, rounded once to T.
+template <typename T, int N>
+__device__ __forceinline__ uint4 sum_in_order(const uint4 (&v)[N]) {
+  constexpr int per_pack = Elem<T>::per_pack;
+  float acc[per_pack];
+  to_floats<T>(v[0], acc);
+#pragma unroll
+  for (int q = 1; q < N; ++q) {
+    float x[per_pack];
+    to_floats<T>(v[q], x);
+#pragma unroll
+    for (int j = 0; j < per_pack; ++j) acc[j] += x[j];
+  }
+  return from_floats<T>(acc);
+}
+
 // Pack `pack` of an n-element tensor at `base`; elements past n read as zero.
 template <typename T>
 __device__ __forceinline__ uint4 load_pack(const Args& a, const void* base, size_t pack) {
@@ -136,12 +152,8 @@ __device__ __forceinline__ void store_output(const Args& a, size_t pack, const u
   void* out = a.residual ? a.residual : a.inout;
   uint4 v = sum;
   if (a.residual) {
-    float acc[per_pack], x[per_pack];
-    to_floats<T>(load_pack<T>(a, a.residual, pack), acc);
-    to_floats<T>(sum, x);
-#pragma unroll
-    for (int j = 0; j < per_pack; ++j) acc[j] += x[j];
-    v = from_floats<T>(acc);
+    const uint4 terms[2] = {load_pack<T>(a, a.residual, pack), sum};
+    v = sum_in_order<T, 2>(terms);
   }
   if (a.aligned && first + per_pack <= a.n) {
     static_cast<uint4*>(out)[pack] = v;
@@ -162,20 +174,10 @@ __device__ __forceinline__ uint4* staging(const Args& a, int rank, uint32_t epoc
 // The sum over ranks of one pack, in rank order, in f32; `own` is this rank's contribution.
 template <typename T, int R>
 __device__ __forceinline__ uint4 sum_over_ranks(const Args& a, uint32_t epoch, size_t pack, const uint4& own) {
-  constexpr int per_pack = Elem<T>::per_pack;
   uint4 v[R];
 #pragma unroll
   for (int q = 0; q < R; ++q) v[q] = q == a.rank ? own : __ldcg(staging(a, q, epoch) + pack);
-  float acc[per_pack];
-  to_floats<T>(v[0], acc);
-#pragma unroll
-  for (int q = 1; q < R; ++q) {
-    float x[per_pack];
-    to_floats<T>(v[q], x);
-#pragma unroll
-    for (int j = 0; j < per_pack; ++j) acc[j] += x[j];
-  }
-  return from_floats<T>(acc);
+  return sum_in_order<T, R>(v);
 }
 
 __device__ __forceinline__ void store_release_sys(uint32_t* p, uint32_t v) {
@@ -347,16 +349,7 @@ __global__ void __launch_bounds__(threads) push_kernel(Args a) {
       } while (!arrived(v[q]));
       store_volatile(box, make_uint4(kEmpty, kEmpty, kEmpty, kEmpty));
     }
-    float acc[8];
-    to_floats<bf16>(v[0], acc);
-#pragma unroll
-    for (int q = 1; q < R; ++q) {
-      float x[8];
-      to_floats<bf16>(v[q], x);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[j] += x[j];
-    }
-    store_output<bf16>(a, p, from_floats<bf16>(acc));
+    store_output<bf16>(a, p, sum_in_order<bf16, R>(v));
   }
   end_call(a, epoch);
 }
