@@ -197,11 +197,12 @@ void bench_tensor_parallel(const ModelConfig& c, const WeightFiles* files, int t
         const auto load_start = Clock::now();
         Model model(c, files, *backend, max_len, {}, shard, comms);
         backend->synchronize();
-        if (r == 0)
+        if (r == 0) {
           std::printf("model (%s) over %d GPUs, %.2f GB of weights on rank 0, loaded in %.1f s; all-reduce: %s\n",
                       std::string(architecture_name(c.arch)).c_str(), tp, model.weight_bytes() / 1e9,
                       seconds_since(load_start), peer ? "peer kernel below its limit, NCCL above" : "NCCL");
-        if (r == 0) print_decode_header(tp);
+          print_decode_header(tp);
+        }
         for (int b : batches) {
           const double s = time_decode(model, *backend, b, context, steps, max_len);
           if (r == 0) print_decode_row(c, b, context, steps, tp, s, ceil);
