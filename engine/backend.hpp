@@ -6,9 +6,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
+#include "engine/pushed_all_reduce.hpp"
 #include "engine/tensor.hpp"
 
 namespace troupe {
@@ -159,6 +161,23 @@ class Backend {
     add(delta, residual);
   }
 
+  // A tensor-parallel all-reduce sent by the projection that makes its message
+  // (engine/pushed_all_reduce.hpp), for backends whose kernels can write into peers' memory.
+  // Whether linear_push and silu_mul_linear_push with weight w on `tokens` rows are available.
+  virtual bool pushes_output(int64_t tokens, const Tensor& w) const {
+    (void)tokens, (void)w;
+    return false;
+  }
+  // out = x · wᵀ (+ bias), and out sent to every peer's mailbox of `ar` (this rank's part of the sum).
+  virtual void linear_push(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out,
+                           const PushedAllReduce& ar);
+  // out = silu_mul(gate_up) · wᵀ, sent like linear_push's.
+  virtual void silu_mul_linear_push(const Tensor& gate_up, const Tensor& w, const Tensor& out,
+                                    const PushedAllReduce& ar);
+  // residual += Σ over ranks of their parts (this rank's: delta, as the push left it; the peers':
+  // in the mailboxes), the sum rounded before the add: Communicator::all_reduce_add's result.
+  virtual void gather_add(const Tensor& delta, const Tensor& residual, const PushedAllReduce& ar);
+
   // Per-head RMSNorm of q and k inside fused qkv rows (Qwen3), in place.
   virtual void qk_norm(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight, const Tensor& k_weight,
                        float eps) = 0;
@@ -190,5 +209,16 @@ class Backend {
   // inout[t] += sigmoid(gate[t, 0]) * x[t] (Qwen2-MoE's gated shared expert).
   virtual void add_sigmoid_gated(const Tensor& x, const Tensor& gate, const Tensor& inout) = 0;
 };
+
+// Only a backend whose pushes_output is true is asked for these.
+inline void Backend::linear_push(const Tensor&, const Tensor&, const Tensor*, const Tensor&, const PushedAllReduce&) {
+  throw std::logic_error("Backend::linear_push: this backend does not push (ask pushes_output)");
+}
+inline void Backend::silu_mul_linear_push(const Tensor&, const Tensor&, const Tensor&, const PushedAllReduce&) {
+  throw std::logic_error("Backend::silu_mul_linear_push: this backend does not push (ask pushes_output)");
+}
+inline void Backend::gather_add(const Tensor&, const Tensor&, const PushedAllReduce&) {
+  throw std::logic_error("Backend::gather_add: this backend does not push (ask pushes_output)");
+}
 
 }  // namespace troupe

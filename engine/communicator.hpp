@@ -10,6 +10,7 @@
 #include <span>
 #include <stdexcept>
 
+#include "engine/pushed_all_reduce.hpp"
 #include "engine/tensor.hpp"
 
 namespace troupe {
@@ -32,6 +33,14 @@ class Communicator {
     return false;
   }
   virtual void all_reduce_add(const Tensor& delta, const Tensor& residual);
+  // Where the sum of delta (this shape and dtype) may instead travel through mailboxes that the
+  // backend's projection and the next norm fill and empty (engine/pushed_all_reduce.hpp): their
+  // description, valid as long as this communicator; null where it may not. Every rank of the group
+  // gives the same answer for the same tensor shape and dtype.
+  virtual const PushedAllReduce* pushed_all_reduce(const Tensor& delta) const {
+    (void)delta;
+    return nullptr;
+  }
   // out = the ranks' `in` stacked in rank order; rank r contributes rows[r] rows (every rank passes
   // the same `rows`); out has Σ rows rows.
   virtual void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) = 0;

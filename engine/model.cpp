@@ -513,6 +513,11 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
   // call, which a backend may fuse. Which way a step goes depends only on its token count, so that
   // steps of many tokens keep the arithmetic of the unfused ops.
   bool pending = false;
+  // With a pushed all-reduce (engine/pushed_all_reduce.hpp), the projection that ends a sublayer
+  // sends its output to the peers as it computes it, and only the sum's gather into the residual
+  // follows it.
+  const PushedAllReduce* pushed = comms_.tp ? comms_.tp->pushed_all_reduce(delta) : nullptr;
+  auto pushes = [&](const Tensor& weight) { return pushed && be.pushes_output(t, weight); };
   auto add_in_projection = [&](const Tensor& weight) { return !comms_.tp && be.fuses_residual_add(t, weight); };
   auto norm_into_x = [&](const Tensor& norm) {
     if (pending)
@@ -552,6 +557,9 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
     be.attention(qkv, layout, cache.layers[li], meta, scale, attn);
     if (add_in_projection(layer.o)) {
       be.linear_add(attn, layer.o, bias_of(layer.o_bias), delta, residual);
+    } else if (pushes(layer.o)) {
+      be.linear_push(attn, layer.o, bias_of(layer.o_bias), delta, *pushed);
+      be.gather_add(delta, residual, *pushed);
     } else {
       be.linear(attn, layer.o, bias_of(layer.o_bias), delta);
       delta_complete();
@@ -563,6 +571,9 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
       norm_linear(layer.post_attention_norm, m.gate_up, nullptr, gate_up);
       if (add_in_projection(m.down)) {
         be.silu_mul_linear_add(gate_up, m.down, act, delta, residual);
+      } else if (pushes(m.down)) {
+        be.silu_mul_linear_push(gate_up, m.down, delta, *pushed);
+        be.gather_add(delta, residual, *pushed);
       } else {
         be.silu_mul_linear(gate_up, m.down, act, delta);
         delta_complete();

@@ -44,6 +44,10 @@ class MeasuredCommunicator : public Communicator {
     measure(Collective::all_reduce, [&] { inner_.all_reduce(t); });
   }
   bool fuses_all_reduce_add(const Tensor& delta) const override { return inner_.fuses_all_reduce_add(delta); }
+  // A pushed all-reduce has no call of its own to time: it is the inner communicator's to give.
+  const PushedAllReduce* pushed_all_reduce(const Tensor& delta) const override {
+    return inner_.pushed_all_reduce(delta);
+  }
   void all_reduce_add(const Tensor& delta, const Tensor& residual) override {
     measure(Collective::all_reduce, [&] { inner_.all_reduce_add(delta, residual); });
   }

@@ -29,6 +29,7 @@
 #endif
 #include "kernels/moe_experts.cuh"
 #include "kernels/moe_routing.cuh"
+#include "kernels/pushed_all_reduce.hpp"
 #include "kernels/qk_norm.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope_kv.cuh"
@@ -308,6 +309,39 @@ class CudaBackend final : public Backend {
   }
 
   bool fuses_residual_add(int64_t tokens, const Tensor& w) const override { return use_gemv(tokens, w); }
+
+  // A pushed all-reduce's sending end is the GEMV; where it declines a call, the projection is
+  // cuBLASLt's and kernels/pushed_all_reduce.hpp's kernel sends, so that every rank sends.
+  bool pushes_output(int64_t tokens, const Tensor& w) const override {
+    return use_gemv(tokens, w) && w.size(0) % 8 == 0;
+  }
+
+  void linear_push(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out,
+                   const PushedAllReduce& ar) override {
+    const int64_t tokens = check_projection(x, w, bias, out, "linear_push");
+    bind();
+    cuda::GemvCall c = gemv_call(x, w, bias, out, tokens);
+    c.ar = &ar, c.push = true;
+    if (cuda::small_batch_gemv(c, stream_)) return;
+    gemm_->linear(c.x, c.w, c.bias, c.out, tokens, c.n, c.k, stream_);
+    cuda::pushed_send(c.out, static_cast<size_t>(out.numel()), ar, stream_);
+  }
+
+  void silu_mul_linear_push(const Tensor& gate_up, const Tensor& w, const Tensor& out,
+                            const PushedAllReduce& ar) override {
+    if (gated_gemv(gate_up, w, out, false, "silu_mul_linear_push", &ar)) return;
+    Tensor act = allocate({gate_up.numel() / gate_up.size(-1), w.size(1)}, DType::bf16);
+    Backend::silu_mul_linear(gate_up, w, act, out);
+    cuda::pushed_send(bf16_in(out), static_cast<size_t>(out.numel()), ar, stream_);
+  }
+
+  void gather_add(const Tensor& delta, const Tensor& residual, const PushedAllReduce& ar) override {
+    require_bf16(delta, "gather_add");
+    require_bf16(residual, "gather_add");
+    require(delta.numel() == residual.numel(), "gather_add", "shapes " + delta.describe() + ", " + residual.describe());
+    bind();
+    cuda::pushed_gather_add(bf16_in(delta), bf16_out(residual), static_cast<size_t>(delta.numel()), ar, stream_);
+  }
 
   // The projection adds into the residual in the GEMV (see fuses_residual_add); otherwise the ops
   // one after another.
@@ -653,7 +687,8 @@ class CudaBackend final : public Backend {
   }
 
   // silu_mul(gate_up) · wᵀ into out (or added to it) by the GEMV, where it takes the call.
-  bool gated_gemv(const Tensor& gate_up, const Tensor& w, const Tensor& out, bool accumulate, const char* op) {
+  bool gated_gemv(const Tensor& gate_up, const Tensor& w, const Tensor& out, bool accumulate, const char* op,
+                  const PushedAllReduce* push = nullptr) {
     const int64_t width = gate_up.rank() >= 1 ? gate_up.size(-1) : 0;
     const int64_t tokens = width > 0 ? gate_up.numel() / width : 0;
     if (tokens < 1 || !use_gemv(tokens, w)) return false;
@@ -665,6 +700,7 @@ class CudaBackend final : public Backend {
     bind();
     cuda::GemvCall c = gemv_call(gate_up, w, nullptr, out, tokens);
     c.input = cuda::GemvInput::silu_mul, c.add_to_out = accumulate;
+    c.ar = push, c.push = push != nullptr;
     return cuda::small_batch_gemv(c, stream_);
   }
 

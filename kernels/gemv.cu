@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "kernels/common.cuh"
+#include "kernels/pushed_all_reduce.cuh"
 
 namespace troupe::cuda {
 namespace {
@@ -44,6 +45,10 @@ __device__ __forceinline__ Vec8 silu_mul8(const Vec8& g, const Vec8& u) {
   return r;
 }
 
+// Where the output goes: stored, added to what out holds (the residual stream), or stored and
+// pushed to the peers' mailboxes of a pushed all-reduce.
+enum class Out { store, add, push };
+
 struct Params {
   const bf16* x;
   const bf16* w;
@@ -53,6 +58,7 @@ struct Params {
   float eps;
   int64_t n, k;
   int rms_threads;  // rms_norm input: the threads kernels/rmsnorm.cu would give a row of k
+  PushedAllReduce ar;  // Out::push: where the outputs go too
 };
 
 // rms_norm input: 1 / rms of each token's row, with the very sums kernels/rmsnorm.cu makes (its
@@ -113,12 +119,47 @@ constexpr int kPrefetchOf = LONG ? 16 : kPrefetch<TOKENS, ROWS>;
 template <int TOKENS, int ROWS>
 constexpr int kUnroll = ROWS * TOKENS >= 8 ? 1 : 8 / (ROWS * TOKENS);
 
+// Out::push: lane r · TOKENS + t holds row row0 + r of token t, which goes to every peer's mailbox
+// at the same place as in out. Four rows of a token are one 8-byte store, from lane t.
+template <int TOKENS, int ROWS>
+__device__ __forceinline__ void push_outputs(const Params& p, uint32_t call, int64_t row0, int lane, bf16 value) {
+  const uint16_t bits = packs::scrub_element(__bfloat16_as_ushort(value));
+  const int me = p.ar.rank;
+  if constexpr (ROWS == 4) {
+    uint16_t e[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) e[r] = __shfl_sync(0xffffffffu, bits, r * TOKENS + lane % TOKENS);
+    if (lane >= TOKENS) return;
+    const int64_t at = lane * p.n + row0;
+    if (row0 + 3 < p.n && p.n % 4 == 0) {
+      const uint2 four{e[0] | uint32_t{e[1]} << 16, e[2] | uint32_t{e[3]} << 16};
+      for (int q = 0; q < p.ar.ranks; ++q)
+        if (q != me) packs::store_volatile(reinterpret_cast<uint2*>(pushed::slot(p.ar, q, call, me)) + at / 4, four);
+      return;
+    }
+    for (int q = 0; q < p.ar.ranks; ++q)
+      if (q != me)
+        for (int r = 0; r < 4 && row0 + r < p.n; ++r)
+          packs::store_volatile(reinterpret_cast<uint16_t*>(pushed::slot(p.ar, q, call, me)) + at + r, e[r]);
+  } else {
+    const int r = lane / TOKENS, t = lane % TOKENS;
+    if (lane >= ROWS * TOKENS || row0 + r >= p.n) return;
+    for (int q = 0; q < p.ar.ranks; ++q)
+      if (q != me)
+        packs::store_volatile(reinterpret_cast<uint16_t*>(pushed::slot(p.ar, q, call, me)) + t * p.n + row0 + r, bits);
+  }
+}
+
 // One warp per ROWS consecutive rows of w (four for a wide layer at one or two tokens, else one);
 // lanes stride along k by 16-byte vectors, each keeping TOKENS × ROWS partial sums, then a butterfly
 // sums the lanes. A plain x is small (at most 8 rows) and read by every warp, from L1/L2; a computed
 // input (rms_norm, silu_mul) is computed once per block into shared memory.
-template <int TOKENS, int ROWS, GemvInput IN, bool ADD, bool LONG>
+//
+// Out::push (a pushed all-reduce's sending end, engine/pushed_all_reduce.hpp): every output is also
+// sent to the peers' mailboxes, a warp's four rows of a token in one 8-byte store.
+template <int TOKENS, int ROWS, GemvInput IN, Out OUT, bool LONG>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
+  constexpr bool ADD = OUT == Out::add;
   extern __shared__ Vec8 staged[];  // computed input: [TOKENS][k / 8]
   const int64_t vecs = p.k / kVec;
   const int lane = threadIdx.x & 31;
@@ -142,6 +183,9 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   let_next_kernel_start();
   wait_for_previous_kernel();
 
+  // Out::push: the call, read once the kernels before have ended.
+  uint32_t call = 0;
+  if constexpr (OUT == Out::push) call = pushed::current_call(p.ar);
   if constexpr (IN == GemvInput::rms_norm) {
     float inv_rms[TOKENS];
     rms_scales<TOKENS>(p, inv_rms);
@@ -225,14 +269,14 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
 #pragma unroll
     for (int t = 0; t < TOKENS; ++t) acc[r][t] = warp_sum(acc[r][t]);
 
+  // Lane (r, t) writes one output; the compile-time indices keep acc in registers.
+  float value = 0.0f;
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int t = 0; t < TOKENS; ++t)
+      if (lane == r * TOKENS + t) value = acc[r][t];
   if (writes) {
-    // Lane (r, t) writes one output; the compile-time indices keep acc in registers.
-    float value = 0.0f;
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-      for (int t = 0; t < TOKENS; ++t)
-        if (lane == r * TOKENS + t) value = acc[r][t];
     if (p.bias) value += __bfloat162float(p.bias[row_lane]);
     bf16* const o = p.out + t_lane * p.n + row_lane;
     if constexpr (ADD)
@@ -240,14 +284,15 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
     else
       *o = __float2bfloat16(value);
   }
+  if constexpr (OUT == Out::push) push_outputs<TOKENS, ROWS>(p, call, row0, lane, writes ? __float2bfloat16(value) : bf16{});
 }
 
-template <int TOKENS, int ROWS, GemvInput IN, bool ADD, bool LONG = false>
+template <int TOKENS, int ROWS, GemvInput IN, Out OUT, bool LONG = false>
 void launch_rows(const Params& p, cudaStream_t stream) {
   const int64_t warps = (p.n + ROWS - 1) / ROWS;
   const auto blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
   const size_t smem = IN == GemvInput::plain ? 0 : static_cast<size_t>(TOKENS * p.k) * sizeof(bf16);
-  launch_overlapped<gemv_kernel<TOKENS, ROWS, IN, ADD, LONG>>(dim3(blocks), dim3(kThreads), smem, stream, p);
+  launch_overlapped<gemv_kernel<TOKENS, ROWS, IN, OUT, LONG>>(dim3(blocks), dim3(kThreads), smem, stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 
@@ -268,41 +313,42 @@ constexpr int64_t kMaxStagedBytes = 48 * 1024;
 // weight byte than two rows a warp (a block's 98 registers a thread hold 4 rows, 74 held 2), so the
 // next projection's blocks find room beside them sooner. qwen3-0.6b at batch 1 on an H100: 0.827 ms
 // a step with two rows, 0.812–0.813 with four (docs/benchmarks.md).
-template <int TOKENS, GemvInput IN, bool ADD>
+template <int TOKENS, GemvInput IN, Out OUT>
 void launch(const Params& p, cudaStream_t stream) {
   if ((TOKENS <= 2 && p.n >= kFourRowsMinRows) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>)) {
-    launch_rows<TOKENS, 4, IN, ADD>(p, stream);
+    launch_rows<TOKENS, 4, IN, OUT>(p, stream);
     return;
   }
   if constexpr (TOKENS == 1) {
     if (p.k > 32 * kVec * kPrefetch<1, 1> && p.k <= 32 * kVec * 16) {
-      launch_rows<1, 1, IN, ADD, true>(p, stream);
+      launch_rows<1, 1, IN, OUT, true>(p, stream);
       return;
     }
   }
-  launch_rows<TOKENS, 1, IN, ADD>(p, stream);
+  launch_rows<TOKENS, 1, IN, OUT>(p, stream);
 }
 
-template <GemvInput IN, bool ADD>
+template <GemvInput IN, Out OUT>
 void dispatch(const Params& p, int64_t tokens, cudaStream_t stream) {
   switch (tokens) {
-    case 1: return launch<1, IN, ADD>(p, stream);
-    case 2: return launch<2, IN, ADD>(p, stream);
-    case 3: return launch<3, IN, ADD>(p, stream);
-    case 4: return launch<4, IN, ADD>(p, stream);
-    case 5: return launch<5, IN, ADD>(p, stream);
-    case 6: return launch<6, IN, ADD>(p, stream);
-    case 7: return launch<7, IN, ADD>(p, stream);
-    case 8: return launch<8, IN, ADD>(p, stream);
+    case 1: return launch<1, IN, OUT>(p, stream);
+    case 2: return launch<2, IN, OUT>(p, stream);
+    case 3: return launch<3, IN, OUT>(p, stream);
+    case 4: return launch<4, IN, OUT>(p, stream);
+    case 5: return launch<5, IN, OUT>(p, stream);
+    case 6: return launch<6, IN, OUT>(p, stream);
+    case 7: return launch<7, IN, OUT>(p, stream);
+    case 8: return launch<8, IN, OUT>(p, stream);
   }
 }
 
+// The output ends each input takes (a normed projection starts a sublayer: it never pushes).
 template <GemvInput IN>
-void dispatch_add(const Params& p, int64_t tokens, bool add, cudaStream_t stream) {
-  if (add)
-    dispatch<IN, true>(p, tokens, stream);
-  else
-    dispatch<IN, false>(p, tokens, stream);
+void dispatch_out(const Params& p, int64_t tokens, Out out, cudaStream_t stream) {
+  if (out == Out::add) return dispatch<IN, Out::add>(p, tokens, stream);
+  if constexpr (IN != GemvInput::rms_norm)
+    if (out == Out::push) return dispatch<IN, Out::push>(p, tokens, stream);
+  dispatch<IN, Out::store>(p, tokens, stream);
 }
 
 }  // namespace
@@ -314,13 +360,19 @@ bool small_batch_gemv(const GemvCall& c, cudaStream_t stream) {
   // A computed input must fit the shared memory a block gets without opting in.
   if (c.input != GemvInput::plain && c.tokens * c.k * static_cast<int64_t>(sizeof(bf16)) > kMaxStagedBytes) return false;
   if (c.input == GemvInput::rms_norm && (c.norm_weight == nullptr || !is_aligned(c.norm_weight, 16))) return false;
+  // A pushed all-reduce's sending end: on the inputs that end a sublayer, into slots that hold the output.
+  if (c.push && (c.add_to_out || c.ar == nullptr || c.input == GemvInput::rms_norm ||
+                 c.ar->slot_bytes < static_cast<size_t>(2 * c.tokens * c.n)))
+    return false;
   static_assert(4 * kGemvMaxTokens <= 32, "one lane writes each of a warp's outputs");
   static_assert(kRmsMaxThreads % kThreads == 0);
-  Params p{c.x, c.w, c.bias, c.out, c.norm_weight, c.eps, c.n, c.k, block_threads(c.k / kVec, kRmsMaxThreads)};
+  Params p{c.x, c.w, c.bias, c.out, c.norm_weight, c.eps, c.n, c.k, block_threads(c.k / kVec, kRmsMaxThreads), {}};
+  if (c.push) p.ar = *c.ar;
+  const Out out = c.add_to_out ? Out::add : c.push ? Out::push : Out::store;
   switch (c.input) {
-    case GemvInput::plain: dispatch_add<GemvInput::plain>(p, c.tokens, c.add_to_out, stream); break;
-    case GemvInput::rms_norm: dispatch_add<GemvInput::rms_norm>(p, c.tokens, c.add_to_out, stream); break;
-    case GemvInput::silu_mul: dispatch_add<GemvInput::silu_mul>(p, c.tokens, c.add_to_out, stream); break;
+    case GemvInput::plain: dispatch_out<GemvInput::plain>(p, c.tokens, out, stream); break;
+    case GemvInput::rms_norm: dispatch_out<GemvInput::rms_norm>(p, c.tokens, out, stream); break;
+    case GemvInput::silu_mul: dispatch_out<GemvInput::silu_mul>(p, c.tokens, out, stream); break;
   }
   return true;
 }

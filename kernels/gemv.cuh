@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "engine/pushed_all_reduce.hpp"
+
 namespace troupe::cuda {
 
 // The most tokens small_batch_gemv takes.
@@ -36,6 +38,10 @@ struct GemvCall {
   const __nv_bfloat16* norm_weight = nullptr;  // rms_norm: [k]
   float eps = 0.0f;
   bool add_to_out = false;
+  // push: every output also goes to the peers' mailboxes of the pushed all-reduce `ar`, as this
+  // rank's part of its sum (plain and silu_mul inputs, without add_to_out).
+  const PushedAllReduce* ar = nullptr;
+  bool push = false;
 };
 
 // Takes only what it handles well — k a multiple of 8, x, w (and norm_weight) 16-byte aligned, a

@@ -32,6 +32,12 @@ class EventTimedCommunicator final : public GpuTimedCommunicator {
 
   void sample(bool on) override { sampling_ = on; }
 
+  // A sampled step takes the all-reduce kernels, which can be timed; the others push their sums
+  // through the projections (every rank samples the same steps, so a group agrees on the way).
+  const PushedAllReduce* pushed_all_reduce(const Tensor& delta) const override {
+    return sampling_ ? nullptr : MeasuredCommunicator::pushed_all_reduce(delta);
+  }
+
   void mark_step(bool begin) override {
     if (!sampling_) return;
     if (begin) {

@@ -73,6 +73,7 @@ class NcclCommunicator final : public Communicator {
     if (peer) {
       peer_ = std::make_unique<cuda::PeerAllReduce>(std::move(peer), rank);
       peer_limit_ = std::min(peer_->max_bytes(), peer_all_reduce_limit_bytes(size));
+      pushed_ = peer_->pushed();
     }
     const CudaStream cs = cuda_stream_of(backend);
     device_ = cs.device;
@@ -104,6 +105,13 @@ class NcclCommunicator final : public Communicator {
 
   // The peer kernel adds into the residual as it stores the sum; NCCL's all-reduce cannot.
   bool fuses_all_reduce_add(const Tensor& delta) const override { return fuse_add_ && takes_peer_all_reduce(delta); }
+
+  // Small bf16 sums of the residual stream go through the projections' pushes where the peer
+  // all-reduce serves this group (TROUPE_PUSHED_ALL_REDUCE=0 keeps its kernel, to measure).
+  const PushedAllReduce* pushed_all_reduce(const Tensor& delta) const override {
+    const bool fits = delta.dtype() == DType::bf16 && delta.numel() % 8 == 0 && delta.nbytes() <= pushed_.slot_bytes;
+    return push_sums_ && fuse_add_ && takes_peer_all_reduce(delta) && fits ? &pushed_ : nullptr;
+  }
 
   void all_reduce_add(const Tensor& delta, const Tensor& residual) override {
     if (!fuses_all_reduce_add(delta) || residual.dtype() != delta.dtype() || residual.numel() != delta.numel())
@@ -230,6 +238,8 @@ class NcclCommunicator final : public Communicator {
   size_t peer_limit_ = 0;
   // TROUPE_ALL_REDUCE_ADD=0: the residual add stays a kernel of its own (to measure the fusion).
   bool fuse_add_ = cuda::switched_on("TROUPE_ALL_REDUCE_ADD");
+  PushedAllReduce pushed_;  // peer_'s, where there is one
+  bool push_sums_ = cuda::switched_on("TROUPE_PUSHED_ALL_REDUCE");
 };
 
 }  // namespace

@@ -38,10 +38,13 @@
 #include <vector>
 
 #include "kernels/common.cuh"
+#include "kernels/mailbox_packs.cuh"
 #include "kernels/peer_all_reduce.hpp"
 
 namespace troupe::cuda {
 namespace {
+
+using namespace packs;
 
 constexpr int max_ranks = peer_all_reduce_max_ranks;
 constexpr int threads = peer_all_reduce_threads;
@@ -60,65 +63,6 @@ struct Args {
   int rank;
   bool aligned;  // inout (and residual) 16-byte aligned: whole packs move with one access
 };
-
-template <typename T>
-struct Elem;
-template <>
-struct Elem<float> {
-  using Bits = uint32_t;
-  static constexpr int per_pack = 4;
-};
-template <>
-struct Elem<bf16> {
-  using Bits = uint16_t;
-  static constexpr int per_pack = 8;
-};
-
-template <typename T>
-__device__ __forceinline__ void to_floats(const uint4& v, float (&out)[Elem<T>::per_pack]) {
-  if constexpr (std::is_same_v<T, float>) {
-    out[0] = __uint_as_float(v.x);
-    out[1] = __uint_as_float(v.y);
-    out[2] = __uint_as_float(v.z);
-    out[3] = __uint_as_float(v.w);
-  } else {
-    const Bf16x8 pack{v};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 f = pack.get(j);
-      out[2 * j] = f.x;
-      out[2 * j + 1] = f.y;
-    }
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ uint4 from_floats(const float (&in)[Elem<T>::per_pack]) {
-  if constexpr (std::is_same_v<T, float>) {
-    return make_uint4(__float_as_uint(in[0]), __float_as_uint(in[1]), __float_as_uint(in[2]), __float_as_uint(in[3]));
-  } else {
-    Bf16x8 pack;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) pack.set(j, in[2 * j], in[2 * j + 1]);  // round to nearest even
-    return pack.raw;
-  }
-}
-
-// v[0] + v[1] + … + v[N-1], pack by pack, in that order, in f32, rounded once to T.
-template <typename T, int N>
-__device__ __forceinline__ uint4 sum_in_order(const uint4 (&v)[N]) {
-  constexpr int per_pack = Elem<T>::per_pack;
-  float acc[per_pack];
-  to_floats<T>(v[0], acc);
-#pragma unroll
-  for (int q = 1; q < N; ++q) {
-    float x[per_pack];
-    to_floats<T>(v[q], x);
-#pragma unroll
-    for (int j = 0; j < per_pack; ++j) acc[j] += x[j];
-  }
-  return from_floats<T>(acc);
-}
 
 // Pack `pack` of an n-element tensor at `base`; elements past n read as zero.
 template <typename T>
@@ -291,36 +235,6 @@ __global__ void __launch_bounds__(threads) two_shot_kernel(Args a) {
 // each slot it has read, at once; a sender writes mailbox e mod 3 again only in call e + 3, which it
 // starts after its call e + 2 has read this rank's data of call e + 2, sent after this rank's call e
 // ended. Each thread sends and reads the same packs, so no thread waits for another of its block.
-constexpr uint32_t kEmpty = 0x80008000u;  // two bf16 -0.0
-
-__device__ __forceinline__ uint32_t scrub_word(uint32_t w) {
-  if ((w & 0xffffu) == 0x8000u) w &= 0xffff0000u;
-  if ((w >> 16) == 0x8000u) w &= 0x0000ffffu;
-  return w;
-}
-
-__device__ __forceinline__ uint4 scrub(uint4 v) { return make_uint4(scrub_word(v.x), scrub_word(v.y), scrub_word(v.z), scrub_word(v.w)); }
-
-__device__ __forceinline__ bool holds_empty(uint32_t w) { return (w & 0xffffu) == 0x8000u || (w >> 16) == 0x8000u; }
-
-__device__ __forceinline__ bool arrived(const uint4& v) {
-  return !holds_empty(v.x) && !holds_empty(v.y) && !holds_empty(v.z) && !holds_empty(v.w);
-}
-
-__device__ __forceinline__ void store_volatile(uint4* p, const uint4& v) {
-  asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-               : "memory");
-}
-
-__device__ __forceinline__ uint4 load_volatile(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p)
-               : "memory");
-  return v;
-}
-
 template <int R>
 __global__ void __launch_bounds__(threads) push_kernel(Args a) {
   begin_overlapped();
@@ -343,11 +257,7 @@ __global__ void __launch_bounds__(threads) push_kernel(Args a) {
         v[q] = scrub(load_input<bf16>(a, p));
         continue;
       }
-      uint4* box = slot(a.rank, q) + p;
-      do {
-        v[q] = load_volatile(box);
-      } while (!arrived(v[q]));
-      store_volatile(box, make_uint4(kEmpty, kEmpty, kEmpty, kEmpty));
+      v[q] = receive(slot(a.rank, q) + p);
     }
     store_output<bf16>(a, p, sum_in_order<bf16, R>(v));
   }
@@ -446,7 +356,8 @@ PeerAllReduceGroup::PeerAllReduceGroup(std::vector<int> devices, size_t max_byte
 void PeerAllReduceGroup::allocate() {
   KeepCurrentDevice keep;
   const size_t flag_bytes = size_t{2} * blocks_ * max_ranks * sizeof(uint32_t);
-  const size_t header_bytes = round_up(flag_bytes + blocks_ * sizeof(uint32_t), 256);
+  const size_t epoch_bytes = blocks_ * sizeof(uint32_t);
+  const size_t header_bytes = round_up(flag_bytes + epoch_bytes + sizeof(uint32_t), 256);
   memory_.reserve(devices_.size());
   for (int device : devices_) {
     TROUPE_CUDA_CHECK(cudaSetDevice(device));
@@ -459,13 +370,16 @@ void PeerAllReduceGroup::allocate() {
         TROUPE_CUDA_CHECK(status);
     }
     RankMemory m;
-    const size_t mailboxes = 3 * devices_.size() * mailbox_bytes_;
+    // The push path's three calls' mailboxes, then the pushed all-reduce's two (engine/pushed_all_reduce.hpp).
+    const size_t mailboxes = (3 + 2) * devices_.size() * mailbox_bytes_;
     TROUPE_CUDA_CHECK(cudaMalloc(&m.base, header_bytes + 2 * stage_bytes_ + mailboxes));
     std::byte* base = static_cast<std::byte*>(m.base);
     m.flags = reinterpret_cast<uint32_t*>(base);
     m.epochs = reinterpret_cast<uint32_t*>(base + flag_bytes);
+    m.pushed_state = reinterpret_cast<uint32_t*>(base + flag_bytes + epoch_bytes);
     m.stage = base + header_bytes;
     m.mailbox = base + header_bytes + 2 * stage_bytes_;
+    m.pushed_mailbox = static_cast<std::byte*>(m.mailbox) + 3 * devices_.size() * mailbox_bytes_;
     memory_.push_back(m);  // freed by the destructor from here on
     TROUPE_CUDA_CHECK(cudaMemset(m.base, 0, header_bytes + 2 * stage_bytes_));
     // Empty mailboxes: every bf16 is -0.0 (see push_kernel).
@@ -494,6 +408,16 @@ PeerAllReduce::PeerAllReduce(std::shared_ptr<PeerAllReduceGroup> group, int rank
   if (rank < 0 || rank >= group_->size())
     throw std::invalid_argument("peer all-reduce: rank " + std::to_string(rank) + " outside a group of " +
                                 std::to_string(group_->size()));
+}
+
+PushedAllReduce PeerAllReduce::pushed() const {
+  PushedAllReduce ar;
+  for (int q = 0; q < size(); ++q) ar.mailboxes[q] = group_->memory_[q].pushed_mailbox;
+  ar.state = group_->memory_[rank_].pushed_state;
+  ar.slot_bytes = group_->mailbox_bytes_;
+  ar.rank = rank_;
+  ar.ranks = size();
+  return ar;
 }
 
 void PeerAllReduce::all_reduce(void* inout, size_t n, DType dtype, cudaStream_t stream, AllReduceAlgorithm algorithm) {

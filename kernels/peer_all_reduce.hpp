@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "engine/dtype.hpp"
+#include "engine/pushed_all_reduce.hpp"
 
 namespace troupe::cuda {
 
@@ -84,8 +85,10 @@ class PeerAllReduceGroup {
     void* base = nullptr;
     uint32_t* flags = nullptr;   // [2 exchanges][blocks][max ranks], written by the peers
     uint32_t* epochs = nullptr;  // [blocks]: calls completed, per block
+    uint32_t* pushed_state = nullptr;  // the pushed all-reduce's call count (engine/pushed_all_reduce.hpp)
     void* stage = nullptr;       // [2][stage_bytes_]
     void* mailbox = nullptr;     // [3 calls][ranks senders][mailbox_bytes_], the push path's
+    void* pushed_mailbox = nullptr;  // [2 calls][ranks senders][mailbox_bytes_], the pushed all-reduce's
   };
 
   PeerAllReduceGroup(std::vector<int> devices, size_t max_bytes, int blocks);
@@ -119,6 +122,10 @@ class PeerAllReduce {
   // residual stream of tensor-parallel decode). delta is left as it was.
   void all_reduce_add(void* delta, void* residual, size_t n, DType dtype, cudaStream_t stream,
                       AllReduceAlgorithm algorithm = AllReduceAlgorithm::automatic);
+  // This rank's side of the group's pushed all-reduce (engine/pushed_all_reduce.hpp: bf16 messages of
+  // at most peer_all_reduce_push_bytes, or max_bytes where smaller), whose mailboxes and call count
+  // the group keeps apart from all_reduce's.
+  PushedAllReduce pushed() const;
 
  private:
   void enqueue(void* inout, void* residual, size_t n, DType dtype, cudaStream_t stream, AllReduceAlgorithm algorithm);
