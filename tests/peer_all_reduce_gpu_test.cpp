@@ -25,7 +25,6 @@
 #include <cuda_runtime_api.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -34,7 +33,6 @@
 #include <exception>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -43,6 +41,7 @@
 #include "engine/dtype.hpp"
 #include "kernels/cuda_backend.hpp"
 #include "kernels/cuda_check.hpp"
+#include "tests/all_reduce_watchdog.hpp"
 
 namespace troupe::cuda {
 namespace {
@@ -63,37 +62,6 @@ const char* name(Algorithm a) {
   }
   return "?";
 }
-
-// Ends the program when a test runs far past its expected time: a rank stuck waiting for a peer
-// would otherwise hang until ctest's timeout, without saying where.
-class Watchdog {
- public:
-  explicit Watchdog(std::chrono::seconds limit)
-      : thread_([this, limit] {
-          std::unique_lock lock(mutex_);
-          if (cv_.wait_for(lock, limit, [this] { return done_; })) return;
-          std::fprintf(stderr,
-                       "%s: not finished after %lld s; a rank is probably spinning in the all-reduce kernel "
-                       "for a peer that never arrived\n",
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name(),
-                       static_cast<long long>(limit.count()));
-          std::abort();
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mutex_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 // Runs fn(rank) on one thread per rank and rethrows the first exception.
 void on_every_rank(int ranks, const std::function<void(int)>& fn) {
@@ -352,7 +320,7 @@ void check_case(Ranks& ranks, const std::vector<std::unique_ptr<DeviceBuffer>>& 
 }
 
 TEST_F(PeerAllReduceGpuTest, SumsInRankOrder) {
-  Watchdog watchdog(std::chrono::seconds(240));
+  test::AllReduceWatchdog watchdog(std::chrono::seconds(240));
   for (const auto& devices : test_groups()) {
     Ranks ranks(devices);
     std::vector<std::unique_ptr<DeviceBuffer>> buffers;
@@ -427,7 +395,7 @@ void check_add_case(Ranks& ranks, const Case& c, uint64_t seed) {
 }
 
 TEST_F(PeerAllReduceGpuTest, AddsIntoTheResidual) {
-  Watchdog watchdog(std::chrono::seconds(240));
+  test::AllReduceWatchdog watchdog(std::chrono::seconds(240));
   for (const auto& devices : test_groups()) {
     Ranks ranks(devices);
     uint64_t seed = 50000;
@@ -517,7 +485,7 @@ void back_to_back(Ranks& ranks, int calls, uint64_t seed) {
 }
 
 TEST_F(PeerAllReduceGpuTest, BackToBackCalls) {
-  Watchdog watchdog(std::chrono::seconds(120));
+  test::AllReduceWatchdog watchdog(std::chrono::seconds(120));
   uint64_t seed = 1000;
   for (const auto& devices : test_groups()) {
     Ranks ranks(devices);
@@ -528,7 +496,7 @@ TEST_F(PeerAllReduceGpuTest, BackToBackCalls) {
 
 TEST_F(PeerAllReduceGpuTest, DisjointGroupsAtOnce) {
   if (cuda_device_count() < 4) GTEST_SKIP() << "needs 4 GPUs for two disjoint pairs";
-  Watchdog watchdog(std::chrono::seconds(120));
+  test::AllReduceWatchdog watchdog(std::chrono::seconds(120));
   Ranks a({0, 1}), b({2, 3});
   std::exception_ptr error_a, error_b;
   std::thread ta([&] {
@@ -554,7 +522,7 @@ TEST_F(PeerAllReduceGpuTest, DisjointGroupsAtOnce) {
 // Per rank: a graph of [copy input → tensor, all-reduce tensor] for each call of `calls`, replayed on
 // new inputs; then the same calls without the graph, which must continue the kernels' sequence.
 TEST_F(PeerAllReduceGpuTest, GraphReplays) {
-  Watchdog watchdog(std::chrono::seconds(240));
+  test::AllReduceWatchdog watchdog(std::chrono::seconds(240));
   const std::vector<Case> calls = {
       {DType::bf16, 4097, Algorithm::automatic, 0},
       {DType::f32, 100003, Algorithm::two_shot, 0},

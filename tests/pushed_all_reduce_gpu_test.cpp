@@ -32,6 +32,7 @@
 #include "kernels/cuda_check.hpp"
 #include "kernels/peer_all_reduce.hpp"
 #include "kernels/pushed_all_reduce.hpp"
+#include "tests/all_reduce_watchdog.hpp"
 
 namespace troupe {
 namespace {
@@ -107,12 +108,11 @@ RankTensors make_tensors(Backend& be, const Shape& s, int rank, uint64_t seed) {
 void sublayer(Backend& be, RankTensors& t, cuda::PeerAllReduce* reference, const PushedAllReduce* pushed, int j) {
   const float eps = 1e-6f;
   const int producer = j % 3;
-  const Tensor& x = t.attn;
   if (reference) {
     if (producer == 1)
       be.silu_mul_linear(t.gate_up, t.w_down, t.act, t.delta);
     else
-      be.linear(x, t.w_o, nullptr, t.delta);
+      be.linear(t.attn, t.w_o, nullptr, t.delta);
     const auto stream = reinterpret_cast<cudaStream_t>(cuda_stream_of(be).stream);
     reference->all_reduce_add(t.delta.data(), t.residual.data(), static_cast<size_t>(t.delta.numel()), DType::bf16,
                               stream);
@@ -123,11 +123,11 @@ void sublayer(Backend& be, RankTensors& t, cuda::PeerAllReduce* reference, const
     be.silu_mul_linear_push(t.gate_up, t.w_down, t.delta, *pushed);
   } else if (producer == 2) {
     // What the backend does where the GEMV declines a projection: the projection, then the send.
-    be.linear(x, t.w_o, nullptr, t.delta);
+    be.linear(t.attn, t.w_o, nullptr, t.delta);
     cuda::pushed_send(static_cast<const __nv_bfloat16*>(t.delta.data()), static_cast<size_t>(t.delta.numel()), *pushed,
                       reinterpret_cast<cudaStream_t>(cuda_stream_of(be).stream));
   } else {
-    be.linear_push(x, t.w_o, nullptr, t.delta, *pushed);
+    be.linear_push(t.attn, t.w_o, nullptr, t.delta, *pushed);
   }
   be.gather_add(t.delta, t.residual, *pushed);
   be.rms_norm_linear(t.residual, t.norm, eps, t.w_next, nullptr, t.normed, t.out);
@@ -216,6 +216,7 @@ TEST(PushedAllReduceGpu, GivesTheAllReduceAddsBits) {
   const int count = cuda_device_count();
   if (count == 0) GTEST_SKIP() << "no CUDA device: run on the GPU machine (tools/gpu_smoke.sh)";
   if (count < 2) GTEST_SKIP() << "the pushed all-reduce needs at least 2 GPUs; this machine shows " << count;
+  test::AllReduceWatchdog watchdog(std::chrono::seconds(240));
   SeveralTokensInTheGemv tokens;
   const std::vector<Shape> shapes = {
       {4096, 2048, 3584, 1536, 1},  // llama-3.1-8b's tp4 shard: four rows a warp
