@@ -4,8 +4,8 @@
 // (gather). The message crosses NVLink while the projection's last warps still run, instead of
 // after it, in a kernel that reads it back and sends it.
 //
-// (Gathering inside the next norm's projection instead, every block summing the mailboxes into
-// its staged input, was measured slower: docs/benchmarks.md.)
+// (Gathering inside a GEMV instead, in every block of the next norm's projection or in the last
+// block of the projection itself, was measured slower: docs/benchmarks.md.)
 //
 // The arithmetic is the peer all-reduce's all_reduce_add, bit for bit: the ranks' parts summed in
 // rank order in f32 and rounded once, then added to the residual (a -0.0 travels as +0.0, see
