@@ -34,7 +34,7 @@ class Communicator {
   }
   virtual void all_reduce_add(const Tensor& delta, const Tensor& residual);
   // Where the sum of delta (this shape and dtype) may instead travel through mailboxes that the
-  // backend's projection and the next norm fill and empty (engine/pushed_all_reduce.hpp): their
+  // backend's projection fills and its gather empties (engine/pushed_all_reduce.hpp): their
   // description, valid as long as this communicator; null where it may not. Every rank of the group
   // gives the same answer for the same tensor shape and dtype.
   virtual const PushedAllReduce* pushed_all_reduce(const Tensor& delta) const {

@@ -321,7 +321,7 @@ class CudaBackend final : public Backend {
     const int64_t tokens = check_projection(x, w, bias, out, "linear_push");
     bind();
     cuda::GemvCall c = gemv_call(x, w, bias, out, tokens);
-    c.ar = &ar, c.push = true;
+    c.push = &ar;
     if (cuda::small_batch_gemv(c, stream_)) return;
     gemm_->linear(c.x, c.w, c.bias, c.out, tokens, c.n, c.k, stream_);
     cuda::pushed_send(c.out, static_cast<size_t>(out.numel()), ar, stream_);
@@ -700,7 +700,7 @@ class CudaBackend final : public Backend {
     bind();
     cuda::GemvCall c = gemv_call(gate_up, w, nullptr, out, tokens);
     c.input = cuda::GemvInput::silu_mul, c.add_to_out = accumulate;
-    c.ar = push, c.push = push != nullptr;
+    c.push = push;
     return cuda::small_batch_gemv(c, stream_);
   }
 

@@ -361,13 +361,13 @@ bool small_batch_gemv(const GemvCall& c, cudaStream_t stream) {
   if (c.input != GemvInput::plain && c.tokens * c.k * static_cast<int64_t>(sizeof(bf16)) > kMaxStagedBytes) return false;
   if (c.input == GemvInput::rms_norm && (c.norm_weight == nullptr || !is_aligned(c.norm_weight, 16))) return false;
   // A pushed all-reduce's sending end: on the inputs that end a sublayer, into slots that hold the output.
-  if (c.push && (c.add_to_out || c.ar == nullptr || c.input == GemvInput::rms_norm ||
-                 c.ar->slot_bytes < static_cast<size_t>(2 * c.tokens * c.n)))
+  if (c.push && (c.add_to_out || c.input == GemvInput::rms_norm ||
+                 c.push->slot_bytes < static_cast<size_t>(2 * c.tokens * c.n)))
     return false;
   static_assert(4 * kGemvMaxTokens <= 32, "one lane writes each of a warp's outputs");
   static_assert(kRmsMaxThreads % kThreads == 0);
   Params p{c.x, c.w, c.bias, c.out, c.norm_weight, c.eps, c.n, c.k, block_threads(c.k / kVec, kRmsMaxThreads), {}};
-  if (c.push) p.ar = *c.ar;
+  if (c.push) p.ar = *c.push;
   const Out out = c.add_to_out ? Out::add : c.push ? Out::push : Out::store;
   switch (c.input) {
     case GemvInput::plain: dispatch_out<GemvInput::plain>(p, c.tokens, out, stream); break;

@@ -38,10 +38,9 @@ struct GemvCall {
   const __nv_bfloat16* norm_weight = nullptr;  // rms_norm: [k]
   float eps = 0.0f;
   bool add_to_out = false;
-  // push: every output also goes to the peers' mailboxes of the pushed all-reduce `ar`, as this
+  // Where set, every output also goes to the peers' mailboxes of this pushed all-reduce, as this
   // rank's part of its sum (plain and silu_mul inputs, without add_to_out).
-  const PushedAllReduce* ar = nullptr;
-  bool push = false;
+  const PushedAllReduce* push = nullptr;
 };
 
 // Takes only what it handles well — k a multiple of 8, x, w (and norm_weight) 16-byte aligned, a

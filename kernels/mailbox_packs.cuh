@@ -1,6 +1,6 @@
 // 16-byte packs of the all-reduce kernels (kernels/peer_all_reduce.cu, kernels/pushed_all_reduce.cu,
-// and the GEMV's pushing and gathering ends in kernels/gemv.cu): their sums in rank order, and the
-// mailbox protocol in which the data is its own signal.
+// and the GEMV's sending end in kernels/gemv.cu): their sums in rank order, and the mailbox protocol
+// in which the data is its own signal.
 //
 // Sums: v[0] + v[1] + … in f32, in that order, rounded once to the element type, so that every rank
 // holds the same bits whichever kernel summed them.
@@ -122,14 +122,23 @@ __device__ __forceinline__ uint4 load_volatile(const uint4* p) {
   return v;
 }
 
+__device__ __forceinline__ void empty(uint4* p) { store_volatile(p, make_uint4(kEmpty, kEmpty, kEmpty, kEmpty)); }
+
 // Spins until every element of the pack at p has arrived, then empties it.
 __device__ __forceinline__ uint4 receive(uint4* p) {
   uint4 v;
   do {
     v = load_volatile(p);
   } while (!arrived(v));
-  store_volatile(p, make_uint4(kEmpty, kEmpty, kEmpty, kEmpty));
+  empty(p);
   return v;
+}
+
+// receive(p) where `seen` is a first look at the pack already taken (issued with others).
+__device__ __forceinline__ uint4 receive(uint4* p, const uint4& seen) {
+  if (!arrived(seen)) return receive(p);
+  empty(p);
+  return seen;
 }
 
 }  // namespace troupe::cuda::packs

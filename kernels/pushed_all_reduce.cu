@@ -23,27 +23,24 @@ __global__ void __launch_bounds__(kThreads) send_kernel(const uint4* delta, size
 }
 
 // residual += the ranks' parts summed in rank order (this rank's from delta), as the peer all-reduce's
-// all_reduce_add computes it; the peers' loads of a pack are issued together.
+// all_reduce_add computes it; the first looks at a pack's peer parts are issued together.
 __global__ void __launch_bounds__(kThreads) gather_add_kernel(const uint4* delta, uint4* residual, size_t packs,
                                                               PushedAllReduce ar) {
   wait_for_previous_kernel();
   let_next_kernel_start();
   const uint32_t call = pushed::current_call(ar);
   for (size_t i = threadIdx.x; i < packs; i += kThreads) {
+    auto box = [&](int q) { return reinterpret_cast<uint4*>(pushed::slot(ar, ar.rank, call, q)) + i; };
     uint4 v[PushedAllReduce::max_ranks];
 #pragma unroll
     for (int q = 0; q < PushedAllReduce::max_ranks; ++q) {
       if (q >= ar.ranks) break;
-      v[q] = q == ar.rank ? packs::scrub(__ldcg(delta + i))
-                          : packs::load_volatile(reinterpret_cast<uint4*>(pushed::slot(ar, ar.rank, call, q)) + i);
+      v[q] = q == ar.rank ? packs::scrub(__ldcg(delta + i)) : packs::load_volatile(box(q));
     }
 #pragma unroll
     for (int q = 0; q < PushedAllReduce::max_ranks; ++q) {
       if (q >= ar.ranks) break;
-      if (q == ar.rank) continue;
-      uint4* box = reinterpret_cast<uint4*>(pushed::slot(ar, ar.rank, call, q)) + i;
-      if (!packs::arrived(v[q])) v[q] = packs::receive(box);
-      else packs::store_volatile(box, make_uint4(packs::kEmpty, packs::kEmpty, packs::kEmpty, packs::kEmpty));
+      if (q != ar.rank) v[q] = packs::receive(box(q), v[q]);
     }
     const uint4 terms[2] = {__ldcg(residual + i), packs::sum_in_order<bf16>(v, ar.ranks)};
     residual[i] = packs::sum_in_order<bf16>(terms);
