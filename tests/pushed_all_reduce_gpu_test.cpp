@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "engine/backend.hpp"
+#include "engine/dtype.hpp"
 #include "kernels/cuda_backend.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/peer_all_reduce.hpp"
@@ -39,17 +40,11 @@ namespace {
 
 using Bits = std::vector<uint16_t>;
 
-uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 Bits random_bits(size_t n, uint64_t seed, float scale) {
   std::mt19937_64 gen(seed);
   std::normal_distribution<float> dist(0.0f, scale);
   Bits b(n);
-  for (auto& v : b) v = bf16_bits(dist(gen));
+  for (auto& v : b) v = f32_to_bf16(dist(gen));
   return b;
 }
 
