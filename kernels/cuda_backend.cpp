@@ -667,14 +667,22 @@ class CudaBackend final : public Backend {
   // long) streams as well in the GEMV, with the final norm fused: one token on an H100, qwen3-0.6b's
   // 311 MB head 0.839 -> 0.829/0.834 ms a step, llama-3.1-8b's 1 GB head 6.003 -> 5.985
   // (docs/benchmarks.md). TROUPE_GEMV_MAX_MB sets the limit and TROUPE_GEMV_WIDE=0 keeps the heads on
-  // cuBLASLt, to measure.
+  // cuBLASLt, to measure. At one token, a weight above 64 MiB goes to the shared-memory-streaming
+  // GEMV (cuda::stream_gemv_takes): it streams as fast as cuBLASLt and fuses the norm or SwiGLU that
+  // cuBLASLt leaves to a kernel of its own.
   bool use_gemv(int64_t tokens, const Tensor& w) const {
     if (tokens > gemv_max_tokens_ || w.rank() != 2) return false;
     const bool vocabulary = w.size(0) >= 32768 && w.size(0) >= 8 * w.size(1);
-    return w.size(0) * w.size(1) * 2 <= gemv_max_weight_bytes_ || (wide_gemv_ && vocabulary);
+    const int64_t bytes = w.size(0) * w.size(1) * 2;
+    return bytes <= gemv_max_weight_bytes_ || (wide_gemv_ && vocabulary) ||
+           (bytes <= stream_gemv_max_bytes_ &&
+            cuda::stream_gemv_takes(tokens, w.size(0), w.size(1), cuda::GemvInput::plain));
   }
   bool wide_gemv_ = cuda::switched_on("TROUPE_GEMV_WIDE");
   int64_t gemv_max_weight_bytes_ = cuda::switch_value("TROUPE_GEMV_MAX_MB", 64) << 20;
+  // The shared-memory-streaming GEMV takes bigger weights too (kernels/stream_gemv.cu), with their
+  // norm or SwiGLU fused; TROUPE_STREAM_GEMV_MAX_MB keeps those above it on cuBLASLt, to measure.
+  int64_t stream_gemv_max_bytes_ = cuda::switch_value("TROUPE_STREAM_GEMV_MAX_MB", int64_t{1} << 30) << 20;
 
   // kernels/gemv.cu's call for out = x · w[N, K]ᵀ (+ bias) over `tokens` rows; what it fuses is the
   // caller's to set.

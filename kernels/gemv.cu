@@ -3,105 +3,16 @@
 #include <cstdint>
 
 #include "kernels/common.cuh"
+#include "kernels/gemv_parts.cuh"
 #include "kernels/pushed_all_reduce.cuh"
 
 namespace troupe::cuda {
 namespace {
 
+using namespace gemv;
+
 constexpr int kWarps = 8;        // per block
 constexpr int kThreads = kWarps * 32;
-constexpr int kVec = 8;          // bf16 per 16-byte load
-constexpr int kRmsMaxThreads = 512;  // kernels/rmsnorm.cu's largest block
-
-struct alignas(16) Vec8 {
-  __nv_bfloat162 h[4];
-};
-
-__device__ __forceinline__ Vec8 load_vec(const bf16* p) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));  // read-only path
-  return *reinterpret_cast<const Vec8*>(&raw);
-}
-
-__device__ __forceinline__ void accumulate(const Vec8& w, const Vec8& x, float& acc) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 wf = __bfloat1622float2(w.h[i]);
-    const float2 xf = __bfloat1622float2(x.h[i]);
-    acc = fmaf(wf.x, xf.x, acc);
-    acc = fmaf(wf.y, xf.y, acc);
-  }
-}
-
-// SwiGLU's silu(gate) · up of a gate_up row [gate | up] (width 2k), rounded to bf16 as
-// kernels/activation.cu's silu_mul rounds it, so that the fused layer computes what silu_mul and
-// then the linear layer would.
-__device__ __forceinline__ Vec8 silu_mul8(const Vec8& g, const Vec8& u) {
-  Vec8 r;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 gf = __bfloat1622float2(g.h[i]), uf = __bfloat1622float2(u.h[i]);
-    r.h[i] = __floats2bfloat162_rn(gf.x / (1.0f + expf(-gf.x)) * uf.x, gf.y / (1.0f + expf(-gf.y)) * uf.y);
-  }
-  return r;
-}
-
-// Where the output goes: stored, added to what out holds (the residual stream), or stored and
-// pushed to the peers' mailboxes of a pushed all-reduce.
-enum class Out { store, add, push };
-
-struct Params {
-  const bf16* x;
-  const bf16* w;
-  const bf16* bias;
-  bf16* out;  // may be read too (add_to_out): no __restrict__
-  const bf16* norm_weight;
-  float eps;
-  int64_t n, k;
-  int rms_threads;  // rms_norm input: the threads kernels/rmsnorm.cu would give a row of k
-  PushedAllReduce ar;  // Out::push: where the outputs go too
-};
-
-// rms_norm input: 1 / rms of each token's row, with the very sums kernels/rmsnorm.cu makes (its
-// thread i takes vectors i, i + rms_threads, …; a butterfly within each warp; warp 0 adds the warps'
-// sums in order), so the normalised values are bit for bit those of the rms_norm kernel. This block
-// has fewer threads than that kernel may have: thread t plays its threads t and t + kThreads.
-template <int TOKENS>
-__device__ void rms_scales(const Params& p, float (&inv_rms)[TOKENS]) {
-  __shared__ float partial[TOKENS][kRmsMaxThreads / 32];
-  const int64_t vecs = p.k / kVec;
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int t = 0; t < TOKENS; ++t) {
-#pragma unroll
-    for (int half = 0; half < kRmsMaxThreads / kThreads; ++half) {
-      const int vt = threadIdx.x + half * kThreads;
-      if (half * kThreads >= p.rms_threads) break;  // the same for the whole block
-      float sum_sq = 0.0f;
-      if (vt < p.rms_threads) {
-        for (int64_t v = vt; v < vecs; v += p.rms_threads) {
-          const Vec8 x = load_vec(p.x + t * p.k + v * kVec);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float2 f = __bfloat1622float2(x.h[i]);
-            sum_sq += f.x * f.x;
-            sum_sq += f.y * f.y;
-          }
-        }
-      }
-      sum_sq = warp_sum(sum_sq);
-      if (lane == 0 && vt < p.rms_threads) partial[t][vt >> 5] = sum_sq;
-    }
-  }
-  __syncthreads();
-  const int warps = p.rms_threads / 32;
-#pragma unroll
-  for (int t = 0; t < TOKENS; ++t) {
-    float v = lane < warps ? partial[t][lane] : 0.0f;
-    v = warp_sum(v);
-    inv_rms[t] = rsqrtf(v / static_cast<float>(p.k) + p.eps);
-  }
-}
-
 // Vectors of 16 bytes held in registers per lane and row before the wait: the first loads of the
 // weight, issued while the previous kernel still runs. At one token, all of a row up to k = 3072
 // (qwen3-0.6b's down projection), or four rows of k = 1024 (see launch); more tokens per warp leave
@@ -186,35 +97,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   // Out::push: the call, read once the kernels before have ended.
   uint32_t call = 0;
   if constexpr (OUT == Out::push) call = pushed::current_call(p.ar);
-  if constexpr (IN == GemvInput::rms_norm) {
-    float inv_rms[TOKENS];
-    rms_scales<TOKENS>(p, inv_rms);
-#pragma unroll 2
-    for (int64_t i = threadIdx.x; i < TOKENS * vecs; i += kThreads) {
-      const int t = static_cast<int>(i / vecs);
-      const Vec8 x = load_vec(p.x + i * kVec), g = load_vec(p.norm_weight + (i % vecs) * kVec);
-      Vec8 r;
-      float scale = inv_rms[0];
-#pragma unroll
-      for (int u = 1; u < TOKENS; ++u)
-        if (t == u) scale = inv_rms[u];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 xf = __bfloat1622float2(x.h[j]), gf = __bfloat1622float2(g.h[j]);
-        r.h[j] = __floats2bfloat162_rn(gf.x * (xf.x * scale), gf.y * (xf.y * scale));
-      }
-      staged[i] = r;
-    }
-    __syncthreads();
-  } else if constexpr (IN == GemvInput::silu_mul) {
-#pragma unroll 2
-    for (int64_t i = threadIdx.x; i < TOKENS * vecs; i += kThreads) {
-      const int64_t t = i / vecs, v = i % vecs;
-      const bf16* row = p.x + t * 2 * p.k;
-      staged[i] = silu_mul8(load_vec(row + v * kVec), load_vec(row + (vecs + v) * kVec));
-    }
-    __syncthreads();
-  }
+  if constexpr (IN != GemvInput::plain) stage_input<TOKENS, IN, kThreads>(p, staged);
   if (!has_rows) return;
   // add_to_out: the value this lane adds to, loaded now so that its latency hides behind the sums.
   const int r_lane = lane / TOKENS, t_lane = lane % TOKENS;
@@ -369,6 +252,10 @@ bool small_batch_gemv(const GemvCall& c, cudaStream_t stream) {
   Params p{c.x, c.w, c.bias, c.out, c.norm_weight, c.eps, c.n, c.k, block_threads(c.k / kVec, kRmsMaxThreads), {}};
   if (c.push) p.ar = *c.push;
   const Out out = c.add_to_out ? Out::add : c.push ? Out::push : Out::store;
+  if (c.stream && stream_gemv_takes(c.tokens, c.n, c.k, c.input)) {
+    launch_stream_gemv(p, c.input, out, stream);
+    return true;
+  }
   switch (c.input) {
     case GemvInput::plain: dispatch_out<GemvInput::plain>(p, c.tokens, out, stream); break;
     case GemvInput::rms_norm: dispatch_out<GemvInput::rms_norm>(p, c.tokens, out, stream); break;

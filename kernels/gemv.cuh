@@ -41,12 +41,20 @@ struct GemvCall {
   // Where set, every output also goes to the peers' mailboxes of this pushed all-reduce, as this
   // rank's part of its sum (plain and silu_mul inputs, without add_to_out).
   const PushedAllReduce* push = nullptr;
+  // Whether a projection that stream_gemv_takes may stream through shared memory; false keeps the
+  // register kernel (tests hold the two to the same bits).
+  bool stream = true;
 };
 
 // Takes only what it handles well — k a multiple of 8, x, w (and norm_weight) 16-byte aligned, a
 // staged input (rms_norm, silu_mul) of at most 48 KB — and returns false, launching nothing,
 // otherwise.
 bool small_batch_gemv(const GemvCall& call, cudaStream_t stream);
+
+// Whether small_batch_gemv streams this projection through shared memory (kernels/stream_gemv.cu):
+// one token and a big weight. It takes weights of any size, where the register kernel is kept to
+// 64 MiB (kernels/cuda_backend.cpp).
+bool stream_gemv_takes(int64_t tokens, int64_t n, int64_t k, GemvInput input);
 
 // The plain projection: small_batch_gemv of {x, w, bias, out, tokens, n, k}.
 bool small_batch_linear(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* bias, __nv_bfloat16* out,

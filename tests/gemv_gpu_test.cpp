@@ -213,6 +213,66 @@ TEST(GemvGpu, ResidualAddEqualsLinearThenAdd) {
   }
 }
 
+// A one-token projection of a big weight streams through shared memory (kernels/stream_gemv.cu)
+// and gives the register kernel's bits: every input (plain, RMSNorm, SwiGLU) and output (store, add),
+// bias or none, chunks of whole rows (k = 1024 and 256), of one row (4096) and of part of one (7168,
+// 8448: two and eleven chunks a row), a warp's run of more than 32 rows (its epilogue loads past the
+// first 32), and row counts that split unevenly over the warps.
+TEST(GemvGpu, StreamingGivesTheRegisterKernelsBits) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: run on the GPU machine";
+  struct Case {
+    int64_t n, k;
+    cuda::GemvInput input;
+    bool add, bias;
+  };
+  const Case cases[] = {
+      {4096, 7168, cuda::GemvInput::silu_mul, false, false},  // llama-3.1-8b's tp2 down
+      {4096, 7168, cuda::GemvInput::silu_mul, true, false},
+      {16640, 4096, cuda::GemvInput::rms_norm, false, true},  // above 64 MiB: any input
+      {8500, 4096, cuda::GemvInput::plain, true, true},
+      {1000, 8448, cuda::GemvInput::silu_mul, false, true},
+      {8195, 1024, cuda::GemvInput::silu_mul, true, false},
+      {140000, 256, cuda::GemvInput::plain, true, true},  // 66 or 67 rows a warp
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE("n " + std::to_string(c.n) + ", k " + std::to_string(c.k) + ", input " +
+                 std::to_string(static_cast<int>(c.input)) + (c.add ? ", add" : "") + (c.bias ? ", bias" : ""));
+    ASSERT_TRUE(cuda::stream_gemv_takes(1, c.n, c.k, c.input)) << "not a streaming shape";
+    const int64_t width = c.input == cuda::GemvInput::silu_mul ? 2 * c.k : c.k;
+    const auto x = random_bf16(width, 14), w = random_bf16(c.n * c.k, 15), bias = random_bf16(c.n, 16),
+               resid = random_bf16(c.n, 17);
+    auto g = random_bf16(c.k, 18);
+    for (auto& v : g) v = f32_to_bf16(1.0f + 0.25f * bf16_to_f32(v));
+    DeviceBuffer dx(x.size() * 2), dw(w.size() * 2), db(bias.size() * 2), dg(g.size() * 2), d1(c.n * 2), d2(c.n * 2);
+    cudaMemcpy(dx.p, x.data(), x.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(dw.p, w.data(), w.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(db.p, bias.data(), bias.size() * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(dg.p, g.data(), g.size() * 2, cudaMemcpyHostToDevice);
+    for (const DeviceBuffer* d : {&d1, &d2}) {
+      if (c.add)
+        cudaMemcpy(d->p, resid.data(), resid.size() * 2, cudaMemcpyHostToDevice);
+      else
+        cudaMemset(d->p, 0xff, c.n * 2);  // NaN: an output never written shows
+    }
+    cuda::GemvCall call;
+    call.x = dx.as<__nv_bfloat16>(), call.w = dw.as<__nv_bfloat16>(), call.bias = c.bias ? db.as<__nv_bfloat16>() : nullptr;
+    call.tokens = 1, call.n = c.n, call.k = c.k, call.input = c.input, call.add_to_out = c.add;
+    call.norm_weight = dg.as<__nv_bfloat16>(), call.eps = 1e-6f;
+    call.out = d1.as<__nv_bfloat16>();
+    ASSERT_TRUE(cuda::small_batch_gemv(call, nullptr));
+    call.out = d2.as<__nv_bfloat16>(), call.stream = false;
+    ASSERT_TRUE(cuda::small_batch_gemv(call, nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto streamed = download(d1, c.n), registers = download(d2, c.n);
+    int64_t written = 0;
+    for (int64_t i = 0; i < c.n; ++i) {
+      ASSERT_EQ(streamed[i], registers[i]) << "output " << i;
+      written += !std::isnan(bf16_to_f32(streamed[i])) && streamed[i] != resid[i];
+    }
+    EXPECT_GT(written, c.n * 9 / 10) << "outputs left as they were";
+  }
+}
+
 TEST(GemvGpu, DeclinesWhatItDoesNotHandle) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: run on the GPU machine";
   DeviceBuffer buf(1 << 20);

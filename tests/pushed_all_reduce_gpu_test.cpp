@@ -218,6 +218,7 @@ TEST(PushedAllReduceGpu, GivesTheAllReduceAddsBits) {
       {2048, 2048, 2048, 1024, 1},  // one row a warp, whole rows prefetched
       {4096, 1024, 1536, 512, 3},   // three tokens: one row a warp
       {1024, 512, 768, 256, 2},     // two tokens, four rows a warp
+      {4096, 2048, 7168, 3072, 1},  // llama-3.1-8b's tp2 shard: streamed through shared memory
   };
   uint64_t seed = 7100;
   for (const auto& devices : groups())

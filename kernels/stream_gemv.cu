@@ -1,0 +1,249 @@
+// The one-token GEMV for big weights: the weight streams through shared memory by the bulk copy
+// engine instead of through registers. Each warp of a one-wave grid owns a contiguous run of rows and
+// keeps kStages chunks of it in flight (cp.async.bulk completing on an mbarrier), so the loads in
+// flight no longer cost registers and a warp's stream is one long sequential read; 16 warps a CTA
+// keep the FMAs fed. The first chunks are requested before the wait for the previous kernel.
+//
+// On an H200 (tools/stream_gemv_bench.cu, weights cold, 64 calls a graph), µs a call, this kernel
+// against kernels/gemv.cu's register kernel and cuBLASLt: llama-3.1-8b's tp2 down 4096 × 7168 16.8–17.0
+// against 23.0 and 18.6, its tp2 qkv 3072 × 4096 9.2–9.7 against 12.1 and 10.8, its LM head 237 against
+// 251 and 239 (the read-only floor 226), its down 4096 × 14336 30.0 against 45.0 and 30.2; below
+// ~16 MB the register kernel, which starts earlier beside the kernel before it, stays ahead (tp4's qkv
+// 12.6 MB: 6.0 against 6.3). Same bits as the register kernel (gemv_parts.cuh).
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "kernels/gemv_parts.cuh"
+#include "kernels/pushed_all_reduce.cuh"
+
+namespace troupe::cuda {
+namespace gemv {
+namespace {
+
+constexpr int kStreamWarps = 16;
+constexpr int kStreamThreads = kStreamWarps * 32;
+constexpr int kStages = 2;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void barrier_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+}
+// The barriers' initialisation, visible to the copy engine before it completes on them.
+__device__ __forceinline__ void barrier_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+// Copies `bytes` (a multiple of 16, both ends 16-byte aligned) from global to shared memory; the
+// barrier's current phase completes once they have landed.
+__device__ __forceinline__ void copy_chunk(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+}
+__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// Row `local` of the warp's run: the value lane `local` loaded up front, or a load where the run is
+// longer than a warp.
+__device__ __forceinline__ float per_row(float held, int64_t local, const bf16* at) {
+  const float shuffled = __shfl_sync(0xffffffffu, held, static_cast<int>(local & 31));
+  return local < 32 ? shuffled : __bfloat162float(*at);
+}
+
+// Shared memory: each warp's kStages chunks of `chunk` elements, the barriers, then the staged input.
+size_t smem_bytes(int64_t k, int chunk) {
+  return static_cast<size_t>(kStreamWarps) * kStages * (static_cast<size_t>(chunk) * 2 + 8) +
+         static_cast<size_t>(k) * 2;
+}
+
+// Warp g of the grid's G takes rows [n g / G, n (g + 1) / G), one contiguous run of the weight read
+// chunk by chunk (a chunk: a divisor of k, or whole rows; k is a multiple of 256, so 32 lanes' vectors
+// never straddle two rows).
+template <GemvInput IN, Out OUT>
+__global__ void __launch_bounds__(kStreamThreads) stream_gemv_kernel(const Params p, const int chunk) {
+  constexpr bool ADD = OUT == Out::add;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* const rings = reinterpret_cast<bf16*>(smem);
+  uint64_t* const bars = reinterpret_cast<uint64_t*>(rings + static_cast<int64_t>(kStreamWarps) * kStages * chunk);
+  Vec8* const staged = reinterpret_cast<Vec8*>(bars + kStreamWarps * kStages);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * kStreamWarps + warp;
+  const int64_t G = static_cast<int64_t>(gridDim.x) * kStreamWarps;
+  const int64_t r_begin = p.n * g / G, rows = p.n * (g + 1) / G - r_begin;
+  const int64_t total = rows * p.k;  // elements of the run
+  const int64_t chunks = (total + chunk - 1) / chunk;
+  bf16* const ring = rings + static_cast<int64_t>(warp) * kStages * chunk;
+  uint64_t* const bar = bars + warp * kStages;
+  const bf16* const run = p.w + r_begin * p.k;
+  auto request = [&](int64_t c) {
+    const int64_t elems = total - c * chunk < chunk ? total - c * chunk : chunk;
+    copy_chunk(ring + (c % kStages) * chunk, run + c * chunk, static_cast<uint32_t>(elems * 2), &bar[c % kStages]);
+  };
+  if (lane == 0) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) barrier_init(&bar[s]);
+    barrier_init_fence();
+    for (int64_t c = 0; c < chunks && c < kStages; ++c) request(c);
+  }
+  let_next_kernel_start();
+  wait_for_previous_kernel();
+
+  uint32_t call = 0;
+  if constexpr (OUT == Out::push) call = pushed::current_call(p.ar);
+  // What the epilogue of the run's first 32 rows reads, loaded beside the staging.
+  float before = 0.0f, bias = 0.0f;
+  if (lane < rows) {
+    if (ADD) before = __bfloat162float(p.out[r_begin + lane]);
+    if (p.bias) bias = __bfloat162float(p.bias[r_begin + lane]);
+  }
+  stage_input<1, IN, kStreamThreads>(p, staged);
+
+  const int64_t row_vecs = p.k / kVec;
+  float acc = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) {
+    barrier_wait(&bar[c % kStages], static_cast<uint32_t>((c / kStages) & 1));
+    const Vec8* const buf = reinterpret_cast<const Vec8*>(ring + (c % kStages) * chunk);
+    const int64_t first = c * chunk / kVec;  // the chunk's first vector in the run
+    const int vecs = static_cast<int>(((total - c * chunk < chunk ? total - c * chunk : chunk)) / kVec);
+    for (int v0 = 0; v0 < vecs;) {  // the chunk's part of one row at a time
+      const int64_t local = (first + v0) / row_vecs;
+      const int64_t col0 = first + v0 - local * row_vecs;
+      const int seg = static_cast<int>(vecs - v0 < row_vecs - col0 ? vecs - v0 : row_vecs - col0);
+#pragma unroll 4
+      for (int j = lane; j < seg; j += 32) accumulate(buf[v0 + j], staged[col0 + j], acc);
+      v0 += seg;
+      if (col0 + seg < row_vecs) continue;
+      // The row is done: the register kernel's butterfly and epilogue.
+      const int64_t row = r_begin + local;
+      float value = warp_sum(acc);
+      acc = 0.0f;
+      if (p.bias) value += per_row(bias, local, p.bias + row);
+      if (ADD) {
+        const float was = per_row(before, local, p.out + row);
+        if (lane == 0) p.out[row] = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(value)) + was);
+      } else {
+        const bf16 out = __float2bfloat16(value);
+        if (lane == 0) p.out[row] = out;
+        if constexpr (OUT == Out::push) {
+          // Lane q sends to rank q.
+          if (lane < p.ar.ranks && lane != p.ar.rank)
+            packs::store_volatile(reinterpret_cast<uint16_t*>(pushed::slot(p.ar, lane, call, p.ar.rank)) + row,
+                                  packs::scrub_element(__bfloat16_as_ushort(out)));
+        }
+      }
+    }
+    __syncwarp();  // every lane is done with this stage before it is refilled
+    if (lane == 0 && c + kStages < chunks) request(c + kStages);
+  }
+}
+
+// A chunk's elements: k itself up to `most`, else k's largest divisor of at most `most` that is a
+// multiple of 256; below `most`, as many whole rows as fit.
+int chunk_elements(int64_t k, int64_t most) {
+  if (k >= most) {
+    for (int64_t parts = (k + most - 1) / most;; ++parts)
+      if (k % parts == 0 && (k / parts) % 256 == 0) return static_cast<int>(k / parts);
+  }
+  return static_cast<int>(most / k * k);
+}
+
+// Elements a chunk holds at most: 2048 (4 KB), so that a CTA (128 KB of stages) leaves room for the
+// next kernel's beside it. TROUPE_STREAM_GEMV_CHUNK sets it (a multiple of 256), to measure.
+int64_t most_chunk_elements() {
+  static const int64_t most = std::max<int64_t>(256, switch_value("TROUPE_STREAM_GEMV_CHUNK", 2048) / 256 * 256);
+  return most;
+}
+
+int sm_count() {
+  static std::atomic<int> count{0};
+  if (count.load(std::memory_order_relaxed) == 0) {
+    int device = 0, sms = 0;
+    TROUPE_CUDA_CHECK(cudaGetDevice(&device));
+    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    count.store(sms, std::memory_order_relaxed);
+  }
+  return count.load(std::memory_order_relaxed);
+}
+
+template <GemvInput IN, Out OUT>
+void launch(const Params& p, cudaStream_t stream) {
+  const int chunk = chunk_elements(p.k, most_chunk_elements());
+  // More than half an SM's shared memory, so that the block scheduler never puts two CTAs of one
+  // launch on one SM (two whose stages fit would, leaving SMs without: with 2 KB chunks a step took
+  // twice as long on an H200).
+  const size_t smem = std::max<size_t>(smem_bytes(p.k, chunk), 116 * 1024);
+  static std::atomic<uint64_t> granted{0};
+  once_per_device(granted, [] {
+    // All the dynamic shared memory a block may opt into beside the kernel's static shared memory.
+    const void* kernel = reinterpret_cast<const void*>(&stream_gemv_kernel<IN, OUT>);
+    int device = 0, optin = 0;
+    TROUPE_CUDA_CHECK(cudaGetDevice(&device));
+    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    cudaFuncAttributes attributes{};
+    TROUPE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+    TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           optin - static_cast<int>(attributes.sharedSizeBytes)));
+  });
+  // One wave: a CTA per SM (fewer where there are fewer rows than warps).
+  const int64_t ctas = std::min<int64_t>(sm_count(), (p.n + kStreamWarps - 1) / kStreamWarps);
+  launch_overlapped<stream_gemv_kernel<IN, OUT>>(dim3(static_cast<unsigned>(ctas)), dim3(kStreamThreads), smem, stream,
+                                                 p, chunk);
+  TROUPE_CUDA_CHECK_LAUNCH(stream_gemv_kernel);
+}
+
+template <GemvInput IN>
+void launch_out(const Params& p, Out out, cudaStream_t stream) {
+  if (out == Out::add) return launch<IN, Out::add>(p, stream);
+  if constexpr (IN != GemvInput::rms_norm)
+    if (out == Out::push) return launch<IN, Out::push>(p, stream);
+  launch<IN, Out::store>(p, stream);
+}
+
+}  // namespace
+
+void launch_stream_gemv(const Params& p, GemvInput in, Out out, cudaStream_t stream) {
+  switch (in) {
+    case GemvInput::plain: return launch_out<GemvInput::plain>(p, out, stream);
+    case GemvInput::rms_norm: return launch_out<GemvInput::rms_norm>(p, out, stream);
+    case GemvInput::silu_mul: return launch_out<GemvInput::silu_mul>(p, out, stream);
+  }
+}
+
+}  // namespace gemv
+
+// One token, k a multiple of 256 whose input fits shared memory beside the stages, and either a
+// SwiGLU input (the down projection) of at least 16 MiB or any weight above the register kernel's
+// 64 MiB (where the alternative is cuBLASLt and a kernel of its own for the norm or the SwiGLU).
+// Measured in llama-3.1-8b's decode step on 4 × H200, each shape apart (TROUPE_STREAM_GEMV_SKIP):
+// streamed, the down projections and the weights above 64 MiB shortened the step at tp1, tp2 and tp4
+// (tp2's 117 MB gate_up by 105 µs a step, its down by 58), while a streamed qkv, o or tp4's 56 MiB
+// gate_up lengthened it (tp4's gate_up by 107 µs: the register kernel shares SMs with the kernels
+// beside it, whose early starts a CTA of 128 KB of stages blocks). TROUPE_STREAM_GEMV_MB sets the
+// SwiGLU threshold (0: never stream), to measure.
+bool stream_gemv_takes(int64_t tokens, int64_t n, int64_t k, GemvInput input) {
+  static const int64_t min_bytes = switch_value("TROUPE_STREAM_GEMV_MB", 16) << 20;
+  constexpr int64_t kRegisterKernelMaxBytes = int64_t{64} << 20;
+  if (min_bytes <= 0 || tokens != 1 || k % 256 != 0 || k > 24576) return false;
+  // TROUPE_STREAM_GEMV_SKIP="NxK,…": shapes kept on the register kernel, to measure one at a time.
+  static const std::string skip = [] {
+    const char* v = std::getenv("TROUPE_STREAM_GEMV_SKIP");
+    return v ? "," + std::string(v) + "," : std::string();
+  }();
+  if (!skip.empty() && skip.find("," + std::to_string(n) + "x" + std::to_string(k) + ",") != std::string::npos)
+    return false;
+  const int64_t bytes = n * k * 2;
+  return bytes > kRegisterKernelMaxBytes || (input == GemvInput::silu_mul && bytes >= min_bytes);
+}
+
+}  // namespace troupe::cuda
