@@ -196,6 +196,20 @@ class Backend {
   // step's tokens). Query heads share kv heads in groups (GQA). out: [T, num_heads * head_dim].
   virtual void attention(const Tensor& qkv, const QkvLayout& layout, const KvLayer& cache,
                          const AttentionMetadata& meta, float scale, const Tensor& out) = 0;
+  // A layer's attention from its qkv rows: rope_store_kv (qk_norm_rope_store_kv where q_norm and
+  // k_norm are set, Qwen3's), then attention into out. A backend may do it in one pass (the CUDA
+  // backend does at decode, where a kernel of its own for the rope costs more than its work): then
+  // the cache and out are what the ops one after another give, but q and k in qkv are not
+  // necessarily rotated (or normalised) in place afterwards; the caller must not read them.
+  virtual void rope_store_kv_attention(const Tensor& qkv, const QkvLayout& layout, const AttentionMetadata& meta,
+                                       const RopeTable& rope, const KvLayer& cache, float scale, const Tensor& out,
+                                       const Tensor* q_norm, const Tensor* k_norm, float eps) {
+    if (q_norm)
+      qk_norm_rope_store_kv(qkv, layout, *q_norm, *k_norm, eps, meta, rope, cache);
+    else
+      rope_store_kv(qkv, layout, meta, rope, cache);
+    attention(qkv, layout, cache, meta, scale, out);
+  }
 
   // Mixture of experts. Routing: softmax over router_logits [T, E] in f32, the top_k largest
   // (weights f32 [T, k], ids i32 [T, k]), renormalised to sum 1 when asked.

@@ -550,11 +550,10 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
   for (size_t li = 0; li < w.layers.size(); ++li) {
     const Weights::Layer& layer = w.layers[li];
     norm_linear(layer.input_norm, layer.qkv, bias_of(layer.qkv_bias), qkv);
-    if (c.qk_norm)
-      be.qk_norm_rope_store_kv(qkv, layout, layer.q_norm, layer.k_norm, eps, meta, w.rope, cache.layers[li]);
-    else
-      be.rope_store_kv(qkv, layout, meta, w.rope, cache.layers[li]);
-    be.attention(qkv, layout, cache.layers[li], meta, scale, attn);
+    // qkv is not read after this (the next layer's projection overwrites it): the backend may leave
+    // q and k unrotated there.
+    be.rope_store_kv_attention(qkv, layout, meta, w.rope, cache.layers[li], scale, attn,
+                               c.qk_norm ? &layer.q_norm : nullptr, c.qk_norm ? &layer.k_norm : nullptr, eps);
     if (add_in_projection(layer.o)) {
       be.linear_add(attn, layer.o, bias_of(layer.o_bias), delta, residual);
     } else if (pushes(layer.o)) {

@@ -43,10 +43,8 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("attention: " + what);
 }
 
-}  // namespace
-
-void attention(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.num_seqs == 0 || a.num_tokens == 0) return;
+// What both kernels rely on (throws std::invalid_argument where it does not hold).
+void check(const AttentionArgs& a) {
   require(attention_supports_head_dim(a.head_dim),
           "head_dim " + std::to_string(a.head_dim) + " is not supported (16, 32, 64, 128)");
   require(a.num_kv_heads > 0 && a.num_heads % a.num_kv_heads == 0,
@@ -61,11 +59,50 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
               is_aligned(a.out, 16),
           "qkv, the cache and out must be 16-byte aligned");
   require(a.num_seqs <= 65535, "more than 65535 sequences in one step");
+}
+
+// TROUPE_ROPE_IN_ATTENTION=0 keeps rope_store_kv's kernel before the decode kernel, to measure.
+bool rope_in_attention() {
+  static const bool on = switched_on("TROUPE_ROPE_IN_ATTENTION");
+  return on;
+}
+
+// Whether the decode kernel can take rope_store_kv's work for this step (see rope_store_kv_attention
+// in attention.cuh): where rope_store_kv would run its 16-byte kernel (with the norm fused, if any),
+// whose arithmetic and thread layout the decode kernel's rope repeats. A kv head's query heads in one
+// row tile: the CTA that writes the newest key into the cache is then the only one that reads it.
+bool decode_takes_rope(const RopeStoreArgs& r, const AttentionArgs& a) {
+  return rope_in_attention() && a.max_query_len == 1 && r.num_tokens == a.num_seqs &&
+         attn::paged_decode_rotates(a.head_dim) && a.num_heads / a.num_kv_heads <= 16 && is_aligned(r.cos, 16) &&
+         is_aligned(r.sin, 16) && (r.q_norm == nullptr || (is_aligned(r.q_norm, 16) && is_aligned(r.k_norm, 16)));
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.num_seqs == 0 || a.num_tokens == 0) return;
+  check(a);
   if (a.max_query_len == 1) {
     attn::paged_decode(a, stream);
   } else {
     attn::flash_prefill(a, stream);
   }
+}
+
+void rope_store_kv_attention(const RopeStoreArgs& rope, const AttentionArgs& a, cudaStream_t stream) {
+  require(rope.qkv == a.qkv && rope.k_cache == a.k_cache && rope.v_cache == a.v_cache &&
+              rope.num_tokens == a.num_tokens && rope.num_heads == a.num_heads &&
+              rope.num_kv_heads == a.num_kv_heads && rope.head_dim == a.head_dim,
+          "rope and attention arguments describe different tensors");
+  if (a.num_seqs > 0 && a.num_tokens > 0) {
+    check(a);
+    if (decode_takes_rope(rope, a)) {
+      attn::paged_decode_with_rope(a, rope, stream);
+      return;
+    }
+  }
+  rope_store_kv(rope, stream);
+  attention(a, stream);
 }
 
 }  // namespace troupe::cuda

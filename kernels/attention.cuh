@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/rope_kv.cuh"
+
 namespace troupe::cuda {
 
 // One step's attention, in the terms of engine/backend.hpp's QkvLayout, KvLayer and AttentionMetadata.
@@ -52,5 +54,14 @@ size_t attention_workspace_floats(int sm_count);
 // and mixed batches. Throws std::invalid_argument for an unsupported head dimension, a head count
 // that is not a multiple of the kv heads, or pointers that are not 16-byte aligned.
 void attention(const AttentionArgs& args, cudaStream_t stream);
+
+// rope_store_kv(rope, …) then attention(args, …) with the same results bit for bit (attention's output
+// and the cache), in one kernel where the decode kernel can rotate each sequence's new token itself:
+// one new token per sequence, head_dim 64 or 128, at most 16 query heads per kv head, 16-byte aligned
+// rope tables and norm weights, and TROUPE_ROPE_IN_ATTENTION not 0 (which keeps the two kernels, to
+// measure); otherwise the two calls. After the one kernel, q and k in qkv are neither rotated nor
+// normalised in place: only attention reads them. rope and args must describe the same qkv, cache
+// and heads.
+void rope_store_kv_attention(const RopeStoreArgs& rope, const AttentionArgs& args, cudaStream_t stream);
 
 }  // namespace troupe::cuda

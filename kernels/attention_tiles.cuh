@@ -287,6 +287,11 @@ __device__ __forceinline__ void attend(WarpAccum<D>& acc, const uint32_t (&qf)[D
 // The two kernels' launchers (attention.cu validated the arguments).
 void paged_decode(const AttentionArgs& args, cudaStream_t stream);
 void flash_prefill(const AttentionArgs& args, cudaStream_t stream);
+// The decode kernel that also does rope_store_kv's work for each sequence's new token
+// (kernels/decode_rope.cuh), at the head dimensions paged_decode_rotates names; attention.cu checks
+// both ops' arguments and when it applies.
+bool paged_decode_rotates(int head_dim);
+void paged_decode_with_rope(const AttentionArgs& args, const RopeStoreArgs& rope, cudaStream_t stream);
 
 // Dynamic shared memory beyond 48 KB must be granted per kernel and per device; `granted` (one
 // static per kernel) remembers the devices already done, one bit each, so steps skip the driver call.

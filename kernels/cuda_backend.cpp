@@ -394,58 +394,30 @@ class CudaBackend final : public Backend {
 
   void attention(const Tensor& qkv, const QkvLayout& layout, const KvLayer& cache, const AttentionMetadata& meta,
                  float scale, const Tensor& out) override {
-    const char* op = "attention";
-    require_bf16(qkv, op);
-    require_bf16(out, op);
-    require_bf16(cache.k, op);
-    require_bf16(cache.v, op);
-    require_metadata(meta.query_start, meta.num_seqs + 1, op, "query_start");
-    require_metadata(meta.context_lens, meta.num_seqs, op, "context_lens");
-    require(meta.block_tables.device() == Device::cuda && meta.block_tables.dtype() == DType::i32 &&
-                meta.block_tables.rank() == 2 && meta.block_tables.size(0) == meta.num_seqs,
-            op, "block_tables must be i32 cuda [num_seqs, blocks], got " + meta.block_tables.describe());
-    require(qkv.numel() == static_cast<int64_t>(meta.num_tokens) * layout.width() &&
-                out.numel() == static_cast<int64_t>(meta.num_tokens) * layout.q_size(),
-            op, "qkv " + qkv.describe() + ", out " + out.describe() + " for " + std::to_string(meta.num_tokens) +
-                    " tokens");
-    require(cache.k.rank() == 4 && cache.k.size(1) == meta.block_size && cache.k.size(2) == layout.num_kv_heads &&
-                cache.k.size(3) == layout.head_dim && cache.v.shape() == cache.k.shape(),
-            op, "cache " + cache.k.describe() + " for block_size " + std::to_string(meta.block_size));
+    const cuda::AttentionArgs a = attention_args(qkv, layout, cache, meta, scale, out, "attention");
     if (meta.num_seqs == 0 || meta.num_tokens == 0) return;
-    bind();
-    if (!attention_workspace_.defined()) {
-      // Sized once for the most the decode path ever splits on this device, so that later steps (and a
-      // captured CUDA graph) never allocate.
-      int sms = 0;
-      TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
-      attention_sm_count_ = sms;
-      attention_workspace_ =
-          allocate({static_cast<int64_t>(cuda::attention_workspace_floats(sms))}, DType::f32);
-      zero(attention_workspace_);  // the split counters at its end start at zero
-    }
-    cuda::AttentionArgs a;
-    a.qkv = bf16_in(qkv);
-    a.out = bf16_out(out);
-    a.k_cache = bf16_in(cache.k);
-    a.v_cache = bf16_in(cache.v);
-    a.query_start = meta.query_start.as<int32_t>();
-    a.context_lens = meta.context_lens.as<int32_t>();
-    a.block_tables = meta.block_tables.as<int32_t>();
-    a.num_seqs = meta.num_seqs;
-    a.num_tokens = meta.num_tokens;
-    a.max_query_len = meta.max_query_len;
-    a.max_context_len = meta.max_context_len;
-    a.max_blocks_per_seq = static_cast<int>(meta.block_tables.size(1));
-    a.block_size = meta.block_size;
-    a.num_heads = layout.num_heads;
-    a.num_kv_heads = layout.num_kv_heads;
-    a.head_dim = layout.head_dim;
-    a.scale = scale;
-    a.workspace = attention_workspace_.as<float>();
-    a.workspace_floats = static_cast<size_t>(attention_workspace_.numel());
-    a.sm_count = attention_sm_count_;
     cuda::attention(a, stream_);
   }
+
+  // One kernel at decode where kernels/attention.cuh's rope_store_kv_attention can (q and k then
+  // stay unrotated in qkv, which the model does not read again); otherwise the two ops.
+  void rope_store_kv_attention(const Tensor& qkv, const QkvLayout& layout, const AttentionMetadata& meta,
+                               const RopeTable& rope, const KvLayer& cache, float scale, const Tensor& out,
+                               const Tensor* q_norm, const Tensor* k_norm, float eps) override {
+    const char* op = "rope_store_kv_attention";
+    require((q_norm == nullptr) == (k_norm == nullptr), op, "q_norm and k_norm go together");
+    if (q_norm) check_qk_norm(qkv, layout, *q_norm, *k_norm, op);
+    cuda::RopeStoreArgs r = rope_args(qkv, layout, meta, rope, cache, op);
+    if (q_norm) {
+      r.q_norm = bf16_in(*q_norm);
+      r.k_norm = bf16_in(*k_norm);
+      r.norm_eps = eps;
+    }
+    const cuda::AttentionArgs a = attention_args(qkv, layout, cache, meta, scale, out, op);
+    bind();
+    cuda::rope_store_kv_attention(r, a, stream_);
+  }
+
   void moe_route(const Tensor& router_logits, int top_k, bool renormalize, const Tensor& topk_weights,
                  const Tensor& topk_ids) override {
     const char* op = "moe_route";
@@ -571,6 +543,62 @@ class CudaBackend final : public Backend {
   // The worker thread that owns this backend may also touch other devices (NCCL setup, tests), so
   // every entry point makes its device current first; cudaSetDevice is a cheap thread-local switch.
   void bind() const { TROUPE_CUDA_CHECK(cudaSetDevice(device_)); }
+
+  // attention's arguments, checked; on a step with sequences, the decode path's workspace is allocated
+  // at the first call.
+  cuda::AttentionArgs attention_args(const Tensor& qkv, const QkvLayout& layout, const KvLayer& cache,
+                                     const AttentionMetadata& meta, float scale, const Tensor& out, const char* op) {
+    require_bf16(qkv, op);
+    require_bf16(out, op);
+    require_bf16(cache.k, op);
+    require_bf16(cache.v, op);
+    require_metadata(meta.query_start, meta.num_seqs + 1, op, "query_start");
+    require_metadata(meta.context_lens, meta.num_seqs, op, "context_lens");
+    require(meta.block_tables.device() == Device::cuda && meta.block_tables.dtype() == DType::i32 &&
+                meta.block_tables.rank() == 2 && meta.block_tables.size(0) == meta.num_seqs,
+            op, "block_tables must be i32 cuda [num_seqs, blocks], got " + meta.block_tables.describe());
+    require(qkv.numel() == static_cast<int64_t>(meta.num_tokens) * layout.width() &&
+                out.numel() == static_cast<int64_t>(meta.num_tokens) * layout.q_size(),
+            op, "qkv " + qkv.describe() + ", out " + out.describe() + " for " + std::to_string(meta.num_tokens) +
+                    " tokens");
+    require(cache.k.rank() == 4 && cache.k.size(1) == meta.block_size && cache.k.size(2) == layout.num_kv_heads &&
+                cache.k.size(3) == layout.head_dim && cache.v.shape() == cache.k.shape(),
+            op, "cache " + cache.k.describe() + " for block_size " + std::to_string(meta.block_size));
+    cuda::AttentionArgs a;
+    a.qkv = bf16_in(qkv);
+    a.out = bf16_out(out);
+    a.k_cache = bf16_in(cache.k);
+    a.v_cache = bf16_in(cache.v);
+    a.query_start = meta.query_start.as<int32_t>();
+    a.context_lens = meta.context_lens.as<int32_t>();
+    a.block_tables = meta.block_tables.as<int32_t>();
+    a.num_seqs = meta.num_seqs;
+    a.num_tokens = meta.num_tokens;
+    a.max_query_len = meta.max_query_len;
+    a.max_context_len = meta.max_context_len;
+    a.max_blocks_per_seq = static_cast<int>(meta.block_tables.size(1));
+    a.block_size = meta.block_size;
+    a.num_heads = layout.num_heads;
+    a.num_kv_heads = layout.num_kv_heads;
+    a.head_dim = layout.head_dim;
+    a.scale = scale;
+    if (meta.num_seqs == 0 || meta.num_tokens == 0) return a;  // nothing to attend: no workspace yet
+    bind();
+    if (!attention_workspace_.defined()) {
+      // Sized once for the most the decode path ever splits on this device, so that later steps (and a
+      // captured CUDA graph) never allocate.
+      int sms = 0;
+      TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
+      attention_sm_count_ = sms;
+      attention_workspace_ =
+          allocate({static_cast<int64_t>(cuda::attention_workspace_floats(sms))}, DType::f32);
+      zero(attention_workspace_);  // the split counters at its end start at zero
+    }
+    a.workspace = attention_workspace_.as<float>();
+    a.workspace_floats = static_cast<size_t>(attention_workspace_.numel());
+    a.sm_count = attention_sm_count_;
+    return a;
+  }
 
   void check_qk_norm(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight, const Tensor& k_weight,
                      const char* op) const {

@@ -25,6 +25,7 @@
 #include <stdexcept>
 
 #include "kernels/attention_tiles.cuh"
+#include "kernels/decode_rope.cuh"
 
 namespace troupe::cuda::attn {
 namespace {
@@ -70,6 +71,7 @@ struct DecodeParams {
   float* partial_out;  // [num_seqs, num_heads, num_splits, D], when num_splits > 1
   float* partial_ml;   // [num_seqs, num_heads, num_splits, 2]: max (log2 units) and sum
   uint32_t* counters;  // [num_seqs, num_kv_heads · row_tiles]: splits finished; zero between launches
+  RopeStoreArgs rope;  // with DecodeRope::rotate or norm_rotate: the rope_store_kv this kernel does
 };
 
 // Split partials merged in split order: the running max m (log2 units), the sum l and the
@@ -157,8 +159,13 @@ constexpr int decode_min_ctas = S > kDecodeStages ? 1 : D >= 128 ? 3 : D >= 64 ?
 // takes its share of that sequence's own context (whole tiles, ranges that depend on the context
 // length alone, not on the max_context_len the launch was sized for), and they combine through each
 // other's shared memory, with no counter, fence or partials in global memory.
-template <int D, int S, bool CLUSTER = false>
+// R other than none: the kernel rotates q and k itself and writes the new k and v into the cache
+// (decode_rope.cuh), where rope_store_kv_kernel would have run before it. Only for launches whose
+// query heads of a kv head fit one row tile: then the one CTA that holds a sequence's newest key
+// (among those of a kv head) is the one that writes it, and its own later tiles read it back.
+template <int D, int S, bool CLUSTER = false, DecodeRope R = DecodeRope::none>
 __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decode_kernel(const DecodeParams p) {
+  constexpr bool kRope = R != DecodeRope::none;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* const qs = reinterpret_cast<bf16*>(smem);
   bf16* const stages = qs + 16 * kRow<D>;  // stage i: K tile at 2i, V tile at 2i + 1
@@ -178,10 +185,11 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
                      p.block_size, p.block_shift, static_cast<int64_t>(p.num_kv_heads) * D,
                      static_cast<int64_t>(kv_head) * D};
   const int n_tiles = (k_end - k_begin + kTileKeys - 1) / kTileKeys;
-  // While the kernel before (rope and the cache write of this step's token) runs, the first S − 1
-  // tiles' keys and values are copied already: all but the newest key (ctx − 1), which that kernel
-  // writes. The block ids of the next tile to load are fetched one tile early, so that a block table
-  // lookup never sits between the previous copy and the next.
+  // While the kernel before (rope and the cache write of this step's token; with R, the qkv
+  // projection) runs, the first S − 1 tiles' keys and values are copied already: all but the newest
+  // key (ctx − 1), which that kernel (with R, this one) writes. The block ids of the next tile to load
+  // are fetched one tile early, so that a block table lookup never sits between the previous copy and
+  // the next.
   TileSlots<D> next;
   const int old_end = min(k_end, ctx - 1);
 #pragma unroll
@@ -194,25 +202,49 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
     cp_async_commit();
   }
   if (n_tiles > 0) next.fetch(src, k_begin + (S - 1) * kTileKeys, k_end);
+  [[maybe_unused]] NewTokenRope<D, R == DecodeRope::norm_rotate> new_token;
+  int rope_token = 0;
+  if constexpr (kRope) {
+    rope_token = p.query_start[seq];
+    new_token.load_constants(p.rope, rope_token);
+  }
   let_next_kernel_start();
   wait_for_previous_kernel();
   // Nothing of this sequence here; the combine counts only splits with keys. A cluster's CTA stays:
   // the others read its (empty) partial.
   if (!CLUSTER && k_begin >= ctx) return;
-  const int token = p.query_start[seq];
+  const int token = kRope ? rope_token : p.query_start[seq];
   const int g0 = row_tile * 16;
   const int rows = min(16, p.group - g0);
   const int warp = threadIdx.x / warp_size, lane = threadIdx.x % warp_size;
+  const bool new_key = k_begin <= ctx - 1 && ctx - 1 < k_end;  // this CTA holds the newest key
+  if constexpr (kRope) {
+    const bf16* const row = p.qkv + token * p.qkv_stride;
+    const bf16* const k_row = row + static_cast<int64_t>(p.num_heads + kv_head) * D;
+    new_token.load(row + static_cast<int64_t>(kv_head * p.group + g0) * D, k_row,
+                   k_row + static_cast<int64_t>(p.num_kv_heads) * D, rows, new_key);
+  }
 
   // The first tile, its newest row zero-filled, has landed (every thread's part: another thread may
   // copy that row below) before the real row is copied over it.
   cp_async_wait<0>();
   __syncthreads();
   clock_mark(1);
-  const bf16* q_row0 = p.qkv + token * p.qkv_stride + static_cast<int64_t>(kv_head * p.group + g0) * D;
-  load_q_tile<D, 16>(qs, [&](int r) { return r < rows ? q_row0 + r * D : nullptr; }, p.qkv);
+  // With the kernel's own rope, the new k and v go into the newest key's row from registers, and
+  // into the cache before the barrier below: a tile that the loop copies later reads them from there.
+  bool newest_written = false;
+  if constexpr (kRope) {
+    const int tile = (ctx - 1 - k_begin) / kTileKeys, row = ctx - 1 - k_begin - tile * kTileKeys;
+    newest_written = new_key && tile < S - 1 && new_token.cached();
+    bf16* const tile_k = newest_written ? stages + 2 * tile * tile_elems<D> + row * kRow<D> : nullptr;
+    new_token.store(p.rope, qs, tile_k, newest_written ? tile_k + tile_elems<D> : nullptr, src.slot_stride,
+                    src.head_offset);
+  } else {
+    const bf16* q_row0 = p.qkv + token * p.qkv_stride + static_cast<int64_t>(kv_head * p.group + g0) * D;
+    load_q_tile<D, 16>(qs, [&](int r) { return r < rows ? q_row0 + r * D : nullptr; }, p.qkv);
+  }
   // The newest key's row, where it falls in a copied tile (past this split's keys it is masked anyway).
-  if (const int tile = (ctx - 1 - k_begin) / kTileKeys; ctx - 1 >= k_begin && tile < S - 1) {
+  if (const int tile = (ctx - 1 - k_begin) / kTileKeys; ctx - 1 >= k_begin && tile < S - 1 && !newest_written) {
     const int key = ctx - 1, row = key - k_begin - tile * kTileKeys;
     const int index = src.block_shift >= 0 ? key >> src.block_shift : key / src.block_size;
     const int64_t at = (static_cast<int64_t>(src.table[index]) * src.block_size + (key - index * src.block_size)) *
@@ -378,28 +410,31 @@ bool deep_stages() {
   return on;
 }
 
-// paged_decode_kernel<D, S, CLUSTER> may take the shared memory of S stages on this device.
-template <int D, int S, bool CLUSTER>
+// paged_decode_kernel<D, S, CLUSTER, R> may take the shared memory of S stages on this device.
+template <int D, int S, bool CLUSTER, DecodeRope R = DecodeRope::none>
 void allow_stages() {
   static std::atomic<uint64_t> granted{0};
-  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, S, CLUSTER>), decode_smem_bytes<D, S>,
+  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, S, CLUSTER, R>), decode_smem_bytes<D, S>,
                       granted);
 }
 
-// paged_decode_kernel<D, S, CLUSTER> on `grid` (in clusters of grid.x CTAs with CLUSTER), with the
+// paged_decode_kernel<D, S, CLUSTER, R> on `grid` (in clusters of grid.x CTAs with CLUSTER), with the
 // shared memory of S stages.
-template <int D, int S, bool CLUSTER>
+template <int D, int S, bool CLUSTER, DecodeRope R>
 void launch_stages(dim3 grid, const DecodeParams& p, cudaStream_t stream) {
-  allow_stages<D, S, CLUSTER>();
-  launch_overlapped_clusters<paged_decode_kernel<D, S, CLUSTER>>(grid, CLUSTER ? grid.x : 1, dim3(kThreads),
-                                                                 static_cast<size_t>(decode_smem_bytes<D, S>), stream,
-                                                                 p);
+  allow_stages<D, S, CLUSTER, R>();
+  launch_overlapped_clusters<paged_decode_kernel<D, S, CLUSTER, R>>(grid, CLUSTER ? grid.x : 1, dim3(kThreads),
+                                                                    static_cast<size_t>(decode_smem_bytes<D, S>),
+                                                                    stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
 }
 
-template <int D>
-void launch(const AttentionArgs& a, cudaStream_t stream) {
+// The launch's shape (cluster or not, splits, stages) depends on `a` alone, never on R, so that the
+// kernel's own rope gives the arithmetic, hence the bits, of rope_store_kv then attention.
+template <int D, DecodeRope R>
+void launch(const AttentionArgs& a, const RopeStoreArgs& rope, cudaStream_t stream) {
   DecodeParams p{};
+  p.rope = rope;
   p.qkv = a.qkv;
   p.out = a.out;
   p.k_cache = a.k_cache;
@@ -429,9 +464,9 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     // 0.823 (`troupe bench decode --graph-context`); two sequences' 128 CTAs at 2048, when clusters took
     // them, 1.70 with five, 1.46 with two.
     if (deep_stages() && a.max_context_len > kClusterSplits * kTileKeys && 2 * ctas * kClusterSplits <= a.sm_count)
-      launch_stages<D, kDeepStages, true>(grid, p, stream);
+      launch_stages<D, kDeepStages, true, R>(grid, p, stream);
     else
-      launch_stages<D, kDecodeStages, true>(grid, p, stream);
+      launch_stages<D, kDecodeStages, true, R>(grid, p, stream);
     return;
   }
   const int64_t partial_floats = static_cast<int64_t>(a.num_seqs) * a.num_heads * (D + 2);
@@ -444,7 +479,7 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
     max_splits = std::min<int64_t>((a.max_context_len + kMinSplitKeys - 1) / kMinSplitKeys,
                                    (static_cast<int64_t>(a.workspace_floats) - counters) / partial_floats);
   }
-  allow_stages<D, kDecodeStages, false>();  // before the occupancy query below
+  allow_stages<D, kDecodeStages, false>();  // before the occupancy query below (of the kernel without rope)
   // A few sequences whose contexts fit the deep stages' copy before the wait: one CTA each is on chip
   // when rope ends, where splits would add their combine (a fence, a counter, the partials' reads).
   const bool deep_whole = deep_stages() && ctas <= a.sm_count && a.max_context_len <= kDeepStages * kTileKeys;
@@ -478,20 +513,35 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(a.num_kv_heads * p.row_tiles),
                   static_cast<unsigned>(a.num_seqs));
   if (ctas * p.num_splits <= a.sm_count && deep_stages())
-    launch_stages<D, kDeepStages, false>(grid, p, stream);
+    launch_stages<D, kDeepStages, false, R>(grid, p, stream);
   else
-    launch_stages<D, kDecodeStages, false>(grid, p, stream);
+    launch_stages<D, kDecodeStages, false, R>(grid, p, stream);
 }
 
 }  // namespace
 
 void paged_decode(const AttentionArgs& a, cudaStream_t stream) {
   switch (a.head_dim) {
-    case 16: return launch<16>(a, stream);
-    case 32: return launch<32>(a, stream);
-    case 64: return launch<64>(a, stream);
-    case 128: return launch<128>(a, stream);
+    case 16: return launch<16, DecodeRope::none>(a, {}, stream);
+    case 32: return launch<32, DecodeRope::none>(a, {}, stream);
+    case 64: return launch<64, DecodeRope::none>(a, {}, stream);
+    case 128: return launch<128, DecodeRope::none>(a, {}, stream);
     default: throw std::invalid_argument("paged_decode: unsupported head_dim");
+  }
+}
+
+bool paged_decode_rotates(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+void paged_decode_with_rope(const AttentionArgs& a, const RopeStoreArgs& rope, cudaStream_t stream) {
+  const bool norm = rope.q_norm != nullptr;
+  switch (a.head_dim) {
+    case 64:
+      return norm ? launch<64, DecodeRope::norm_rotate>(a, rope, stream)
+                  : launch<64, DecodeRope::rotate>(a, rope, stream);
+    case 128:
+      return norm ? launch<128, DecodeRope::norm_rotate>(a, rope, stream)
+                  : launch<128, DecodeRope::rotate>(a, rope, stream);
+    default: throw std::invalid_argument("paged_decode_with_rope: unsupported head_dim");
   }
 }
 

@@ -7,6 +7,7 @@
 #include "kernels/common.cuh"
 #include "kernels/qk_norm.cuh"
 #include "kernels/rope_kv.cuh"
+#include "kernels/rope_math.cuh"
 
 namespace troupe::cuda {
 namespace {
@@ -20,25 +21,9 @@ struct Lane;
 
 template <>
 struct Lane<8> {
-  static __device__ __forceinline__ void load(const bf16* p, float (&v)[8]) {
-    const Bf16x8 pack = load8(p);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 f = pack.get(j);
-      v[2 * j] = f.x;
-      v[2 * j + 1] = f.y;
-    }
-  }
-  static __device__ __forceinline__ void load(const float* p, float (&v)[8]) {
-    const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  }
-  static __device__ __forceinline__ Bf16x8 pack(const float (&v)[8]) {
-    Bf16x8 r;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) r.set(j, v[2 * j], v[2 * j + 1]);
-    return r;
-  }
+  static __device__ __forceinline__ void load(const bf16* p, float (&v)[8]) { rope_math::unpack(load8(p), v); }
+  static __device__ __forceinline__ void load(const float* p, float (&v)[8]) { rope_math::load(p, v); }
+  static __device__ __forceinline__ Bf16x8 pack(const float (&v)[8]) { return rope_math::pack(v); }
   static __device__ __forceinline__ void store(bf16* p, const Bf16x8& v) { store8(p, v); }
   static __device__ __forceinline__ void copy(const bf16* src, bf16* dst) { store8(dst, load8(src)); }
   static __device__ __forceinline__ Bf16x8 raw(const bf16* p) { return load8(p); }
@@ -102,7 +87,7 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
     const bool active = item < items;
     const int h = active ? item / groups : 0, i = active ? (item - h * groups) * kVec : 0;
     bf16* const x = row + h * d + i;
-    float x1[kVec], x2[kVec], y1[kVec], y2[kVec];
+    float x1[kVec], x2[kVec];
     if (r > 0 && active) load_constants(item);
     if (active) {
       L::load(x, x1);
@@ -112,33 +97,15 @@ __global__ void __launch_bounds__(threads) rope_store_kv_kernel(const RopeStoreA
       for (int j = 0; j < kVec; ++j) x1[j] = x2[j] = 0.0f;
     }
     if constexpr (NORM) {
-      float sum_sq = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) sum_sq += x1[j] * x1[j] + x2[j] * x2[j];
-      for (int offset = groups / 2; offset > 0; offset /= 2) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
-      const float inv_rms = rsqrtf(sum_sq / static_cast<float>(d) + a.norm_eps);
+      const float inv_rms = rope_math::head_inverse_rms(x1, x2, groups, d, a.norm_eps);
       if (active) {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          x1[j] = __bfloat162float(__float2bfloat16_rn(g1[j] * (x1[j] * inv_rms)));
-          x2[j] = __bfloat162float(__float2bfloat16_rn(g2[j] * (x2[j] * inv_rms)));
-        }
+        rope_math::normalise(x1, g1, inv_rms);
+        rope_math::normalise(x2, g2, inv_rms);
       }
     }
     if (!active) continue;
-    if (rotate) {
-      // Separately rounded products and sums (no FMA contraction), as the f32 CPU reference computes
-      // them, so both round to the same bf16.
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        y1[j] = __fsub_rn(__fmul_rn(x1[j], c[j]), __fmul_rn(x2[j], s[j]));
-        y2[j] = __fadd_rn(__fmul_rn(x2[j], c[j]), __fmul_rn(x1[j], s[j]));
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) y1[j] = x1[j], y2[j] = x2[j];
-    }
-    const auto p1 = L::pack(y1), p2 = L::pack(y2);
+    if (rotate) rope_math::rotate(x1, x2, c, s);
+    const auto p1 = L::pack(x1), p2 = L::pack(x2);
     L::store(x, p1);
     L::store(x + half, p2);
     if (cache && h >= a.num_heads) {

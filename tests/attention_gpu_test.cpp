@@ -1,6 +1,7 @@
 // The CUDA backend's attention-side ops (qk_norm, rope_store_kv, attention) against the CPU reference
 // on random inputs rounded to bf16, so that only the precision of the computation differs; the check
-// is ‖gpu − cpu‖ / ‖cpu‖ ≤ 1e-2 with every output finite.
+// is ‖gpu − cpu‖ / ‖cpu‖ ≤ 1e-2 with every output finite. rope_store_kv_attention, which fuses the
+// rope into the decode kernel, against the two ops on the GPU, bit for bit.
 //
 // Traps for wrong indexing: GPU outputs are NaN-poisoned with a guard row after them; every cache
 // slot that no sequence owns (including the tail of each sequence's last block) holds NaN, so a key
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -646,6 +648,142 @@ TEST_F(AttentionGpuTest, StepsOfRopeStoreAndAttentionMatchCpu) {
       expect_untouched(read(*gpu_, out.rows(t, t + 1)), at);
     }
     seed += 100;
+  }
+}
+
+// The decode kernel's own rope and cache write (rope_store_kv_attention at one new token per
+// sequence) against rope_store_kv (qk_norm_rope_store_kv with norm weights) then attention, on the
+// CUDA backend from the same qkv and cache: the attention output and the whole cache must be the same
+// bits. Every new token's slot holds NaN before the step, so a kernel that read it before writing it,
+// or skipped the write, shows; a k rotated otherwise (a sign, a table row, a rounding) changes the
+// cache and the output. Contexts put the newest key in a tile copied before the kernel's wait and in
+// one its loop copies after the kernel's own cache write, on the cluster path (one sequence: stages
+// and split ranges by context) and on the split and whole-context paths (three sequences).
+class RopeInDecodeAttention : public AttentionGpuTest {
+ protected:
+  static constexpr int kMaxPositions = 4096;
+
+  // edit, when set, changes the step's metadata once it is made (a position outside the table, an
+  // uncached token); max_context_len as AttentionMatchesCpu::check's.
+  void check(const HeadShape& h, const std::vector<int>& contexts, bool norm, uint32_t seed, int max_context_len = 0,
+             const std::function<void(HostBatch&)>& edit = nullptr) {
+    std::string what = head_case(norm ? "qk_norm_rope_store_kv_attention" : "rope_store_kv_attention", h,
+                                 static_cast<int64_t>(contexts.size())) + ", contexts";
+    for (int c : contexts) what += " " + std::to_string(c);
+    if (max_context_len > 0) what += ", sized for " + std::to_string(max_context_len);
+    if (edit) what += ", edited";
+    SCOPED_TRACE(what);
+    const QkvLayout layout{h.heads, h.kv_heads, h.head_dim};
+    const int bs = 16;
+    const int num_blocks = blocks_for(contexts, bs) + 3;
+    HostBatch b = make_batch(decode_batch(contexts), scattered_tables(contexts, bs, num_blocks, seed), bs);
+    b.max_context_len = std::max(b.max_context_len, max_context_len);
+    if (edit) edit(b);
+
+    const int64_t kv = layout.kv_size(), t = b.num_tokens;
+    const Shape cache_shape{num_blocks, bs, h.kv_heads, h.head_dim};
+    std::vector<float> k = random_values(count_of(cache_shape), seed + 1);
+    std::vector<float> v = random_values(count_of(cache_shape), seed + 2);
+    for (int32_t slot : b.slot_mapping) {
+      if (slot < 0) continue;
+      std::fill_n(k.begin() + slot * kv, kv, nan_f);
+      std::fill_n(v.begin() + slot * kv, kv, nan_f);
+    }
+    const auto qkv = random_values(t * layout.width(), seed + 3, norm ? 0.5f : 0.0f, 2.0f);
+    const RopeValues rope = llama3_rope(h.head_dim, kMaxPositions);
+    const Shape rope_shape{kMaxPositions, h.head_dim / 2};
+    const RopeTable table{f32_on(*gpu_, rope.cos, rope_shape), f32_on(*gpu_, rope.sin, rope_shape)};
+    const Tensor q_norm = on(*gpu_, random_values(h.head_dim, seed + 4, 1.0f, 0.5f), {h.head_dim});
+    const Tensor k_norm = on(*gpu_, random_values(h.head_dim, seed + 5, 1.0f, 0.5f), {h.head_dim});
+    const float scale = 1.0f / std::sqrt(static_cast<float>(h.head_dim)), eps = 1e-6f;
+    const AttentionMetadata meta = meta_on(*gpu_, b);
+
+    struct Result {
+      std::vector<float> out, guard, k, v;
+    };
+    auto run = [&](bool fused) {
+      const Tensor x = on(*gpu_, qkv, {t, layout.width()});
+      const KvLayer cache{on(*gpu_, k, cache_shape), on(*gpu_, v, cache_shape)};
+      const Tensor out = poisoned_gpu({t + 1, layout.q_size()});
+      if (fused) {
+        gpu_->rope_store_kv_attention(x, layout, meta, table, cache, scale, out.rows(0, t), norm ? &q_norm : nullptr,
+                                      norm ? &k_norm : nullptr, eps);
+      } else {
+        if (norm)
+          gpu_->qk_norm_rope_store_kv(x, layout, q_norm, k_norm, eps, meta, table, cache);
+        else
+          gpu_->rope_store_kv(x, layout, meta, table, cache);
+        gpu_->attention(x, layout, cache, meta, scale, out.rows(0, t));
+      }
+      return Result{read(*gpu_, out.rows(0, t)), read(*gpu_, out.rows(t, t + 1)), read(*gpu_, cache.k),
+                    read(*gpu_, cache.v)};
+    };
+    const Result fused = run(true), apart = run(false);
+    test::expect_same_bits(fused.out, apart.out, what + ", attention output");
+    test::expect_same_bits(fused.k, apart.k, what + ", k cache");
+    test::expect_same_bits(fused.v, apart.v, what + ", v cache");
+    expect_untouched(fused.guard, what);
+    // Same bits could still be the same mistake: no output read a NaN slot, and the new tokens' k and
+    // v are in the cache.
+    EXPECT_EQ(std::count_if(fused.out.begin(), fused.out.end(), [](float x) { return !std::isfinite(x); }), 0)
+        << what << ": outputs not finite";
+    for (int i = 0; i < t; ++i) {
+      const int64_t slot = b.slot_mapping[i];
+      if (slot < 0) continue;
+      const auto written = [&](const std::vector<float>& c) {
+        return std::all_of(c.begin() + slot * kv, c.begin() + (slot + 1) * kv, [](float x) { return std::isfinite(x); });
+      };
+      EXPECT_TRUE(written(fused.k) && written(fused.v)) << what << ": token " << i << "'s k and v not cached";
+    }
+  }
+};
+
+// Llama 3 (32/8, 8/2 for a tensor-parallel shard), Qwen3 (16/8 is 16/4 per two ranks), and multi-head
+// attention: every group size up to one row tile.
+const HeadShape rope_in_decode_shapes[] = {{32, 8, 128}, {8, 2, 128}, {16, 4, 128}, {16, 16, 128},
+                                           {32, 8, 64},  {8, 2, 64},  {16, 4, 64},  {16, 16, 64}};
+
+TEST_F(RopeInDecodeAttention, OneSequenceIsTheTwoOpsBitForBit) {
+  // On an H100 or H200 (132 SMs): 1 to 300 keys take two stages, the newest key in the first tile of
+  // its cluster CTA; 513 to 3000 take five stages (16 kv heads: two), the newest key in the fourth
+  // tile at 2000 (copied before the wait) and the fifth at 3000 (copied by the loop); sized for 4096,
+  // 300 keys take five stages.
+  uint32_t seed = 1500;
+  for (const HeadShape& h : rope_in_decode_shapes) {
+    for (int context : {1, 63, 64, 65, 300, 513, 2000, 3000}) check(h, {context}, false, seed++);
+    check(h, {300}, false, seed++, 4096);
+    for (int context : {1, 65, 2000, 3000}) check(h, {context}, true, seed++);
+  }
+}
+
+TEST_F(RopeInDecodeAttention, ThreeSequencesAreTheTwoOpsBitForBit) {
+  // Split contexts (256-key splits; the newest key of 2000 and 3000 in a tile the loop copies where
+  // the grid takes two stages), whole contexts of up to 320 keys in five stages, and splits in five.
+  const std::vector<std::vector<int>> batches = {{1, 300, 2000}, {63, 64, 65}, {513, 3000, 17}, {200, 1000, 129}};
+  uint32_t seed = 1700;
+  for (const HeadShape& h : rope_in_decode_shapes) {
+    for (const auto& contexts : batches) check(h, contexts, false, seed++);
+    for (const auto& contexts : {batches[0], batches[2]}) check(h, contexts, true, seed++);
+  }
+}
+
+TEST_F(RopeInDecodeAttention, UnrotatedAndUncachedTokensAreTheTwoOpsBitForBit) {
+  // rope_store_kv leaves a token at a position outside the table unrotated (still cached), and one
+  // without a slot uncached: attention then reads whatever its block table's slot holds.
+  auto outside_and_uncached = [](HostBatch& b) {
+    b.positions[0] = kMaxPositions + 5;
+    b.slot_mapping[1] = -1;
+    b.positions[2] = -1;
+  };
+  auto uncached = [](HostBatch& b) { b.slot_mapping[0] = -1; };
+  uint32_t seed = 1900;
+  for (const HeadShape& h : {rope_in_decode_shapes[0], rope_in_decode_shapes[3], rope_in_decode_shapes[5]}) {
+    for (bool norm : {false, true}) {
+      check(h, {65, 2000, 300}, norm, seed++, 0, outside_and_uncached);
+      check(h, {65}, norm, seed++, 0, uncached);
+      check(h, {3000}, norm, seed++, 0, uncached);
+      check(h, {300}, norm, seed++, 0, [](HostBatch& b) { b.positions[0] = kMaxPositions; });
+    }
   }
 }
 

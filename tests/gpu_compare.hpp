@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -88,17 +89,30 @@ inline void expect_close(const std::vector<float>& out, const std::vector<float>
   EXPECT_LE(rel, tolerance) << what << ": relative error " << rel;
 }
 
-// Bit-for-bit equal (as f32), counting mismatches rather than printing whole vectors.
-inline void expect_equal(const std::vector<float>& out, const std::vector<float>& ref, const std::string& what) {
+// Every element of out the same as ref's by `same(out[i], ref[i])`, counting mismatches rather than
+// printing whole vectors.
+template <class Same>
+void expect_all_same(const std::vector<float>& out, const std::vector<float>& ref, const std::string& what, Same same) {
   ASSERT_EQ(out.size(), ref.size()) << what;
   int64_t differ = 0, first = -1;
   for (size_t i = 0; i < out.size(); ++i) {
-    if (out[i] == ref[i] || (std::isnan(out[i]) && std::isnan(ref[i]))) continue;
+    if (same(out[i], ref[i])) continue;
     if (differ++ == 0) first = static_cast<int64_t>(i);
   }
   EXPECT_EQ(differ, 0) << what << ": " << differ << " of " << out.size() << " elements differ, first at " << first
                        << (first >= 0 ? " (" + std::to_string(out[first]) + " vs " + std::to_string(ref[first]) + ")"
                                       : std::string());
+}
+
+// Bit-for-bit equal (as f32), but any NaN equals any NaN and 0 equals -0.
+inline void expect_equal(const std::vector<float>& out, const std::vector<float>& ref, const std::string& what) {
+  expect_all_same(out, ref, what, [](float a, float b) { return a == b || (std::isnan(a) && std::isnan(b)); });
+}
+
+// The same bits, NaN payloads and the signs of zeros included (values read back from bf16 keep them).
+inline void expect_same_bits(const std::vector<float>& out, const std::vector<float>& ref, const std::string& what) {
+  expect_all_same(out, ref, what,
+                  [](float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); });
 }
 
 // Every element of a guard (rows after an op's output) must still be the poison.
