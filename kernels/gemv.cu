@@ -179,15 +179,23 @@ void launch_rows(const Params& p, cudaStream_t stream) {
   TROUPE_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 
-// Four rows per warp from 4096 rows (128 blocks: nearly a block per SM, 132 on an H100 SXM), and
+// Four rows per warp from 3072 rows (96 blocks; 128 at 4096, nearly a block per SM), and
 // only at one or two tokens: beyond, four rows' sums for every token would spill registers. Fewer,
 // longer-lived warps stream a projection of 4096 to 8000 rows (llama-3.1-8b's qkv, o, and its
 // tensor-parallel shards' projections) in one wave, with a quarter of the reads of the input and a
 // quarter of the blocks that compute a fused one. The threshold was two blocks per SM (8448 rows)
 // until llama-3.1-8b's shards were measured: on an H200, llama-3.1-8b's shapes at tp4 (on one GPU)
 // 1.76 -> 1.54 ms a step together with the 64 MiB weight limit (cuda_backend.cpp), 2.75 -> 2.64 at
-// tp2, 4.45 -> 4.32 at tp1 (docs/benchmarks.md).
-constexpr int64_t kFourRowsMinRows = 4096;
+// tp2, 4.45 -> 4.32 at tp1 (docs/benchmarks.md). From 4096 to 3072 rows when llama-3.1-8b's tp2 qkv
+// (3072 × 4096) was measured in its decode step on 4 × H200: 2.766 -> 2.721 ms a step (one row a warp
+// took 12 µs a call alone, 2.1 TB/s); its tp4 qkv (1536 rows) is better off one row a warp (1.714 ms
+// against 1.862 with four).
+constexpr int64_t kFourRowsMinRows = 3072;
+// TROUPE_GEMV_FOUR_ROWS_FROM sets that threshold, to measure.
+int64_t four_rows_min_rows() {
+  static const int64_t rows = switch_value("TROUPE_GEMV_FOUR_ROWS_FROM", kFourRowsMinRows);
+  return rows;
+}
 constexpr int64_t kMaxStagedBytes = 48 * 1024;
 
 // At one token and k ≤ 1024, four rows per warp, each lane holding its share of all four before the
@@ -198,7 +206,7 @@ constexpr int64_t kMaxStagedBytes = 48 * 1024;
 // a step with two rows, 0.812–0.813 with four (docs/benchmarks.md).
 template <int TOKENS, GemvInput IN, Out OUT>
 void launch(const Params& p, cudaStream_t stream) {
-  if ((TOKENS <= 2 && p.n >= kFourRowsMinRows) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>)) {
+  if ((TOKENS <= 2 && p.n >= four_rows_min_rows()) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>)) {
     launch_rows<TOKENS, 4, IN, OUT>(p, stream);
     return;
   }
