@@ -4,12 +4,11 @@
 // flight no longer cost registers and a warp's stream is one long sequential read; 16 warps a CTA
 // keep the FMAs fed. The first chunks are requested before the wait for the previous kernel.
 //
-// On an H200 (tools/stream_gemv_bench.cu, weights cold, 64 calls a graph), µs a call, this kernel
-// against kernels/gemv.cu's register kernel and cuBLASLt: llama-3.1-8b's tp2 down 4096 × 7168 16.8–17.0
-// against 23.0 and 18.6, its tp2 qkv 3072 × 4096 9.2–9.7 against 12.1 and 10.8, its LM head 237 against
-// 251 and 239 (the read-only floor 226), its down 4096 × 14336 30.0 against 45.0 and 30.2; below
-// ~16 MB the register kernel, which starts earlier beside the kernel before it, stays ahead (tp4's qkv
-// 12.6 MB: 6.0 against 6.3). Same bits as the register kernel (gemv_parts.cuh).
+// Alone on an H200 (tools/stream_gemv_bench.cu of commit b560e9c, weights cold, 64 calls a graph),
+// µs a call, this kernel against kernels/gemv.cu's register kernel and cuBLASLt: llama-3.1-8b's tp2
+// down 4096 × 7168 17.0 against 23.0 and 18.6, its LM head 237 against 251 and 239 (the read-only floor
+// 226), its down 4096 × 14336 30.0 against 45.0 and 30.2. Which projections it takes was measured in
+// the decode step (stream_gemv_takes, below). Same bits as the register kernel (gemv_parts.cuh).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -241,9 +240,9 @@ void launch_stream_gemv(const Params& p, GemvInput in, Out out, cudaStream_t str
 // Measured in llama-3.1-8b's decode step on 4 × H200, each shape apart (TROUPE_STREAM_GEMV_SKIP):
 // streamed, the down projections and the weights above 64 MiB shortened the step at tp1, tp2 and tp4
 // (tp2's 117 MB gate_up by 105 µs a step, its down by 58), while a streamed qkv, o or tp4's 56 MiB
-// gate_up lengthened it (tp4's gate_up by 107 µs: the register kernel shares SMs with the kernels
-// beside it, whose early starts a CTA of 128 KB of stages blocks). TROUPE_STREAM_GEMV_MB sets the
-// SwiGLU threshold (0: never stream), to measure.
+// gate_up lengthened it (tp4's gate_up by 107 µs): a CTA's 128 KB of stages keeps the next kernel's
+// CTAs (the attention's, the down projection's) from starting beside it, where the register kernel's
+// leave them room. TROUPE_STREAM_GEMV_MB sets the SwiGLU threshold (0: never stream), to measure.
 bool stream_gemv_takes(int64_t tokens, int64_t n, int64_t k, GemvInput input) {
   static const int64_t min_bytes = switch_value("TROUPE_STREAM_GEMV_MB", 16) << 20;
   constexpr int64_t kRegisterKernelMaxBytes = int64_t{64} << 20;
