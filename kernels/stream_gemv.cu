@@ -235,8 +235,10 @@ void launch_stream_gemv(const Params& p, GemvInput in, Out out, cudaStream_t str
 }  // namespace gemv
 
 // One token, k a multiple of 256 whose input fits shared memory beside the stages, and either a
-// SwiGLU input (the down projection) of at least 16 MiB or any weight above the register kernel's
-// 64 MiB (where the alternative is cuBLASLt and a kernel of its own for the norm or the SwiGLU).
+// SwiGLU input (the down projection) of at least 16 MiB or a weight above the register kernel's
+// 64 MiB (where the alternative is cuBLASLt and a kernel of its own for the norm or the SwiGLU) with
+// rows of at least 4096, the ones measured: qwen3's LM heads (rows of 1024 and 2048) keep the
+// register kernel's wide path, which their batch-1 step was measured with.
 // Measured in llama-3.1-8b's decode step on 4 × H200, each shape apart (TROUPE_STREAM_GEMV_SKIP):
 // streamed, the down projections and the weights above 64 MiB shortened the step at tp1, tp2 and tp4
 // (tp2's 117 MB gate_up by 105 µs a step, its down by 58), while a streamed qkv, o or tp4's 56 MiB
@@ -255,7 +257,7 @@ bool stream_gemv_takes(int64_t tokens, int64_t n, int64_t k, GemvInput input) {
   if (!skip.empty() && skip.find("," + std::to_string(n) + "x" + std::to_string(k) + ",") != std::string::npos)
     return false;
   const int64_t bytes = n * k * 2;
-  return bytes > kRegisterKernelMaxBytes || (input == GemvInput::silu_mul && bytes >= min_bytes);
+  return (bytes > kRegisterKernelMaxBytes && k >= 4096) || (input == GemvInput::silu_mul && bytes >= min_bytes);
 }
 
 }  // namespace troupe::cuda
