@@ -45,10 +45,6 @@ constexpr int kRow = D + 8;
 template <int D>
 constexpr int tile_elems = kTileKeys * kRow<D>;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // 16 bytes global → shared, bypassing L1 (every byte is used once). With fill == false nothing is
 // read and the destination is zeroed: tails past a sequence's end never touch memory outside it.
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool fill) {

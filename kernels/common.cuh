@@ -23,6 +23,12 @@ using bf16 = __nv_bfloat16;
 
 constexpr int warp_size = 32;
 
+// A shared-memory pointer as the 32-bit address that cp.async, ldmatrix, mbarrier and the bulk copy
+// instructions take.
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 // Eight bf16 in one 16-byte load or store (LDG.128 / STG.128): the widest access a thread can make,
 // which is what memory-bound kernels need to come near HBM bandwidth. Held as a uint4 because a copy
 // of a struct of __nv_bfloat162 is split into 4-byte accesses; get/set take constant indices (unrolled
