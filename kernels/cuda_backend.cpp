@@ -707,7 +707,7 @@ class CudaBackend final : public Backend {
             cuda::stream_gemv_takes(tokens, w.size(0), w.size(1), cuda::GemvInput::plain));
   }
   bool wide_gemv_ = cuda::switched_on("TROUPE_GEMV_WIDE");
-  int64_t gemv_max_weight_bytes_ = cuda::switch_value("TROUPE_GEMV_MAX_MB", 64) << 20;
+  int64_t gemv_max_weight_bytes_ = cuda::switch_value("TROUPE_GEMV_MAX_MB", cuda::kGemvMaxWeightMiB) << 20;
   // The shared-memory-streaming GEMV takes bigger weights too (kernels/stream_gemv.cu), with their
   // norm or SwiGLU fused; TROUPE_STREAM_GEMV_MAX_MB keeps those above it on cuBLASLt, to measure.
   int64_t stream_gemv_max_bytes_ = cuda::switch_value("TROUPE_STREAM_GEMV_MAX_MB", int64_t{1} << 30) << 20;

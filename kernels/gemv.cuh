@@ -18,6 +18,10 @@ namespace troupe::cuda {
 // The most tokens small_batch_gemv takes.
 constexpr int64_t kGemvMaxTokens = 8;
 
+// The largest weight the register kernel (kernels/gemv.cu) is given, in MiB: kernels/cuda_backend.cpp
+// sends bigger ones to cuBLASLt, and stream_gemv_takes some of them (see there).
+constexpr int64_t kGemvMaxWeightMiB = 64;
+
 // What the projection reads as its input rows.
 enum class GemvInput {
   plain,     // x [tokens, k] as it is

@@ -25,9 +25,6 @@ constexpr int kStreamWarps = 16;
 constexpr int kStreamThreads = kStreamWarps * 32;
 constexpr int kStages = 2;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 __device__ __forceinline__ void barrier_init(uint64_t* bar) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
 }
@@ -86,9 +83,11 @@ __global__ void __launch_bounds__(kStreamThreads) stream_gemv_kernel(const Param
   bf16* const ring = rings + static_cast<int64_t>(warp) * kStages * chunk;
   uint64_t* const bar = bars + warp * kStages;
   const bf16* const run = p.w + r_begin * p.k;
+  // Chunk c's elements: `chunk`, or what is left of the run.
+  auto elements = [&](int64_t c) { return total - c * chunk < chunk ? total - c * chunk : int64_t{chunk}; };
   auto request = [&](int64_t c) {
-    const int64_t elems = total - c * chunk < chunk ? total - c * chunk : chunk;
-    copy_chunk(ring + (c % kStages) * chunk, run + c * chunk, static_cast<uint32_t>(elems * 2), &bar[c % kStages]);
+    copy_chunk(ring + (c % kStages) * chunk, run + c * chunk, static_cast<uint32_t>(elements(c) * 2),
+               &bar[c % kStages]);
   };
   if (lane == 0) {
 #pragma unroll
@@ -117,7 +116,7 @@ __global__ void __launch_bounds__(kStreamThreads) stream_gemv_kernel(const Param
     barrier_wait(&bar[c % kStages], static_cast<uint32_t>((c / kStages) & 1));
     const Vec8* const buf = reinterpret_cast<const Vec8*>(ring + (c % kStages) * chunk);
     const int64_t first = c * chunk / kVec;  // the chunk's first vector in the run
-    const int vecs = static_cast<int>(((total - c * chunk < chunk ? total - c * chunk : chunk)) / kVec);
+    const int vecs = static_cast<int>(elements(c) / kVec);
     for (int v0 = 0; v0 < vecs;) {  // the chunk's part of one row at a time
       const int64_t local = (first + v0) / row_vecs;
       const int64_t col0 = first + v0 - local * row_vecs;
@@ -247,7 +246,6 @@ void launch_stream_gemv(const Params& p, GemvInput in, Out out, cudaStream_t str
 // leave them room. TROUPE_STREAM_GEMV_MB sets the SwiGLU threshold (0: never stream), to measure.
 bool stream_gemv_takes(int64_t tokens, int64_t n, int64_t k, GemvInput input) {
   static const int64_t min_bytes = switch_value("TROUPE_STREAM_GEMV_MB", 16) << 20;
-  constexpr int64_t kRegisterKernelMaxBytes = int64_t{64} << 20;
   if (min_bytes <= 0 || tokens != 1 || k % 256 != 0 || k > 24576) return false;
   // TROUPE_STREAM_GEMV_SKIP="NxK,…": shapes kept on the register kernel, to measure one at a time.
   static const std::string skip = [] {
@@ -257,7 +255,7 @@ bool stream_gemv_takes(int64_t tokens, int64_t n, int64_t k, GemvInput input) {
   if (!skip.empty() && skip.find("," + std::to_string(n) + "x" + std::to_string(k) + ",") != std::string::npos)
     return false;
   const int64_t bytes = n * k * 2;
-  return (bytes > kRegisterKernelMaxBytes && k >= 4096) || (input == GemvInput::silu_mul && bytes >= min_bytes);
+  return (bytes > (kGemvMaxWeightMiB << 20) && k >= 4096) || (input == GemvInput::silu_mul && bytes >= min_bytes);
 }
 
 }  // namespace troupe::cuda
