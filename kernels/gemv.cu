@@ -22,8 +22,10 @@ constexpr int kPrefetch = ROWS >= 4 ? (TOKENS == 1 ? 4 : 2) : TOKENS == 1 ? 12 :
 // LONG (one token, one row a warp, 3072 < k ≤ 4096): the whole row, 16 vectors a lane (llama's
 // 1536-row qkv shard at tp4: 7.4 -> 6.0 us a call on an H200, tools/gemv_bench.cu). Only there: where
 // fewer vectors cover a row, or none covers it, the extra registers cost occupancy.
+// With four rows (one token, 1024 < k ≤ 2048): the four whole rows, 8 vectors a lane each (llama's
+// 4096 × 2048 o shard at tp2, whose weight then sits in registers before the wait, as tp4's does).
 template <int TOKENS, int ROWS, bool LONG>
-constexpr int kPrefetchOf = LONG ? 16 : kPrefetch<TOKENS, ROWS>;
+constexpr int kPrefetchOf = LONG ? (ROWS == 4 ? 8 : 16) : kPrefetch<TOKENS, ROWS>;
 
 // 16-byte loads in flight per lane after the prefetched ones: enough at one row and one token to
 // cover the memory latency with few warps per SM, fewer where rows and tokens multiply registers.
@@ -69,7 +71,7 @@ __device__ __forceinline__ void push_outputs(const Params& p, uint32_t call, int
 // Out::push (a pushed all-reduce's sending end, engine/pushed_all_reduce.hpp): every output is also
 // sent to the peers' mailboxes, a warp's four rows of a token in one 8-byte store.
 template <int TOKENS, int ROWS, GemvInput IN, Out OUT, bool LONG>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
+__device__ __forceinline__ void gemv_body(const Params& p) {
   constexpr bool ADD = OUT == Out::add;
   extern __shared__ Vec8 staged[];  // computed input: [TOKENS][k / 8]
   const int64_t vecs = p.k / kVec;
@@ -91,6 +93,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
       }
     }
   }
+  prefetch_norm_weight<IN, kThreads>(p);
   let_next_kernel_start();
   wait_for_previous_kernel();
 
@@ -170,12 +173,28 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
   if constexpr (OUT == Out::push) push_outputs<TOKENS, ROWS>(p, call, row0, lane, writes ? __float2bfloat16(value) : bf16{});
 }
 
+template <int TOKENS, int ROWS, GemvInput IN, Out OUT, bool LONG>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const Params p) {
+  gemv_body<TOKENS, ROWS, IN, OUT, LONG>(p);
+}
+// Four whole rows a warp (LONG, ROWS = 4) in at most 160 registers a thread: a block then fits an SM
+// beside a cluster attention CTA (178 registers, 128 threads), so that the o projection's blocks
+// start, and load their weight, while the attention before them runs. Uncapped (170 registers) they
+// could not, and tp2's step gained 6 µs instead of 46.
+template <int TOKENS, int ROWS, GemvInput IN, Out OUT, bool LONG>
+__global__ void __maxnreg__(160) gemv_kernel_160(const Params p) {
+  gemv_body<TOKENS, ROWS, IN, OUT, LONG>(p);
+}
+
 template <int TOKENS, int ROWS, GemvInput IN, Out OUT, bool LONG = false>
 void launch_rows(const Params& p, cudaStream_t stream) {
   const int64_t warps = (p.n + ROWS - 1) / ROWS;
   const auto blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
   const size_t smem = IN == GemvInput::plain ? 0 : static_cast<size_t>(TOKENS * p.k) * sizeof(bf16);
-  launch_overlapped<gemv_kernel<TOKENS, ROWS, IN, OUT, LONG>>(dim3(blocks), dim3(kThreads), smem, stream, p);
+  if constexpr (LONG && ROWS == 4)
+    launch_overlapped<gemv_kernel_160<TOKENS, ROWS, IN, OUT, LONG>>(dim3(blocks), dim3(kThreads), smem, stream, p);
+  else
+    launch_overlapped<gemv_kernel<TOKENS, ROWS, IN, OUT, LONG>>(dim3(blocks), dim3(kThreads), smem, stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(gemv_kernel);
 }
 
@@ -207,6 +226,15 @@ constexpr int64_t kMaxStagedBytes = 48 * 1024;
 template <int TOKENS, GemvInput IN, Out OUT>
 void launch(const Params& p, cudaStream_t stream) {
   if ((TOKENS <= 2 && p.n >= four_rows_min_rows()) || (TOKENS == 1 && p.k <= 32 * kVec * kPrefetch<1, 4>)) {
+    if constexpr (TOKENS == 1) {
+      // 1024 < k ≤ 2048: the four whole rows before the wait (kPrefetchOf). On 4 × H200,
+      // llama-3.1-8b's batch-1 step at tp2 (its 4096 × 2048 o shard): 2.729 / 2.731 ms with four
+      // vectors a row, 2.683 / 2.685 with the whole rows. TROUPE_GEMV_LONG4=0 keeps the four vectors,
+      // to measure.
+      static const bool long4 = switched_on("TROUPE_GEMV_LONG4");
+      if (long4 && p.k > 32 * kVec * kPrefetch<1, 4> && p.k <= 32 * kVec * 8)
+        return launch_rows<1, 4, IN, OUT, true>(p, stream);
+    }
     launch_rows<TOKENS, 4, IN, OUT>(p, stream);
     return;
   }
@@ -257,7 +285,9 @@ bool small_batch_gemv(const GemvCall& c, cudaStream_t stream) {
     return false;
   static_assert(4 * kGemvMaxTokens <= 32, "one lane writes each of a warp's outputs");
   static_assert(kRmsMaxThreads % kThreads == 0);
-  Params p{c.x, c.w, c.bias, c.out, c.norm_weight, c.eps, c.n, c.k, block_threads(c.k / kVec, kRmsMaxThreads), {}};
+  static const bool prefetch_norm = switched_on("TROUPE_NORM_PREFETCH");
+  Params p{c.x, c.w, c.bias, c.out, c.norm_weight, c.eps, c.n, c.k, block_threads(c.k / kVec, kRmsMaxThreads), {},
+           prefetch_norm};
   if (c.push) p.ar = *c.push;
   const Out out = c.add_to_out ? Out::add : c.push ? Out::push : Out::store;
   if (c.stream && stream_gemv_takes(c.tokens, c.n, c.k, c.input)) {

@@ -95,6 +95,7 @@ __global__ void __launch_bounds__(kStreamThreads) stream_gemv_kernel(const Param
     barrier_init_fence();
     for (int64_t c = 0; c < chunks && c < early; ++c) request(c);
   }
+  prefetch_norm_weight<IN, kStreamThreads>(p);
   let_next_kernel_start();
   wait_for_previous_kernel();
   if (lane == 0)

@@ -80,6 +80,8 @@ TEST(GemvGpu, MatchesCpuForEveryTokenCountAndShape) {
     check(tokens, 9000, 128, true);     // wide enough for four rows per warp, the last group partial
   }
   check(1, 4096, 4096, false);       // four rows per warp from 4096 rows
+  check(1, 4096, 2048, false);       // four whole rows per warp loaded before the wait (1024 < k ≤ 2048)
+  check(1, 3102, 1536, true);        // the same, the last group of rows partial
   check(1, 1536, 4096, true);        // one row per warp, the whole row loaded before the wait (k ≤ 4096)
   check(1, 1000, 3592, false);       // the same, k not a multiple of 256
   check(1, 40000, 512, true);  // an LM head's shape (vocabulary-wide, short rows)

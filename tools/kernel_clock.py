@@ -3,7 +3,7 @@
 
   cmake -B build -DTROUPE_KERNEL_CLOCK=ON && ninja -C build troupe
   TROUPE_KERNEL_CLOCK=/tmp/clock.bin troupe bench decode --model M --load-format dummy --batch 1
-  kernel_clock.py /tmp/clock.bin
+  kernel_clock.py /tmp/clock.bin [LAUNCHES]   (LAUNCHES of one step shown, 14 unless given)
 
 The build records, for every CTA of every overlapped kernel (kernels/common.cuh), when it reached
 griddepcontrol.wait (having issued its loads of weights and cached keys) and when the wait let it go
@@ -46,8 +46,9 @@ def launches(path):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
+    shown = int(sys.argv[2]) if len(sys.argv) == 3 else 14
     ks = launches(sys.argv[1])
     if not ks:
         sys.exit('no records')
@@ -66,7 +67,7 @@ def main():
     step = full[len(full) // 2]
     t0 = step[0]['a0']
     print('one step, us from its first release: grid, shared bytes, CTAs, arrivals, releases, marks')
-    for k in step[:14]:
+    for k in step[:shown]:
         marks = ' '.join(f'm{t}:{(max(v) - t0) / 1e3:.2f}' for t, v in sorted(k['marks'].items()))
         print(f"  {k['grid']:5d} {k['smem']:7d} {k['n']:5d}  {(k['b0'] - t0) / 1e3:7.2f}..{(k['b1'] - t0) / 1e3:7.2f}"
               f"  {(k['a0'] - t0) / 1e3:7.2f}..{(k['a1'] - t0) / 1e3:7.2f}  {marks}")
