@@ -15,7 +15,6 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "kernels/attention.cuh"
@@ -330,10 +329,7 @@ class CudaBackend final : public Backend {
 
   void silu_mul_linear_push(const Tensor& gate_up, const Tensor& w, const Tensor& out,
                             const PushedAllReduce& ar) override {
-    if (gated_gemv(gate_up, w, out, false, "silu_mul_linear_push", &ar)) {
-      gather_starts_next_ = starts_next_after_gated_;
-      return;
-    }
+    if (gated_gemv(gate_up, w, out, false, "silu_mul_linear_push", &ar)) return;
     Tensor act = allocate({gate_up.numel() / gate_up.size(-1), w.size(1)}, DType::bf16);
     Backend::silu_mul_linear(gate_up, w, act, out);
     cuda::pushed_send(bf16_in(out), static_cast<size_t>(out.numel()), ar, stream_);
@@ -344,16 +340,8 @@ class CudaBackend final : public Backend {
     require_bf16(residual, "gather_add");
     require(delta.numel() == residual.numel(), "gather_add", "shapes " + delta.describe() + ", " + residual.describe());
     bind();
-    cuda::pushed_gather_add(bf16_in(delta), bf16_out(residual), static_cast<size_t>(delta.numel()), ar, stream_,
-                            std::exchange(gather_starts_next_, false));
+    cuda::pushed_gather_add(bf16_in(delta), bf16_out(residual), static_cast<size_t>(delta.numel()), ar, stream_);
   }
-  // Whether the next gather lets the kernel after it launch as it starts: after the gated down
-  // projection in the GEMV, where that kernel is the next layer's normed qkv projection, whose blocks
-  // fit beside the streaming down projection's. llama-3.1-8b's batch-1 step on 4 × H200, two calls:
-  // tp4 1.730 -> 1.712 and 1.718/1.720 -> 1.705 ms, tp2 2.677/2.678 -> 2.674 and 2.682/2.683 -> 2.676.
-  // TROUPE_GATHER_STARTS_NEXT=0 leaves it, to measure.
-  bool gather_starts_next_ = false;
-  bool starts_next_after_gated_ = cuda::switched_on("TROUPE_GATHER_STARTS_NEXT");
 
   // The projection adds into the residual in the GEMV (see fuses_residual_add); otherwise the ops
   // one after another.

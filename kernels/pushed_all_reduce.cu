@@ -25,10 +25,9 @@ __global__ void __launch_bounds__(kThreads) send_kernel(const uint4* delta, size
 // residual += the ranks' parts summed in rank order (this rank's from delta), as the peer all-reduce's
 // all_reduce_add computes it; the first looks at a pack's peer parts are issued together.
 __global__ void __launch_bounds__(kThreads) gather_add_kernel(const uint4* delta, uint4* residual, size_t packs,
-                                                              PushedAllReduce ar, bool next_starts_early) {
-  if (next_starts_early) let_next_kernel_start();
+                                                              PushedAllReduce ar) {
   wait_for_previous_kernel();
-  if (!next_starts_early) let_next_kernel_start();
+  let_next_kernel_start();
   const uint32_t call = pushed::current_call(ar);
   for (size_t i = threadIdx.x; i < packs; i += kThreads) {
     auto box = [&](int q) { return reinterpret_cast<uint4*>(pushed::slot(ar, ar.rank, call, q)) + i; };
@@ -67,11 +66,10 @@ void pushed_send(const bf16* delta, size_t n, const PushedAllReduce& ar, cudaStr
   TROUPE_CUDA_CHECK_LAUNCH(send_kernel);
 }
 
-void pushed_gather_add(const bf16* delta, bf16* residual, size_t n, const PushedAllReduce& ar, cudaStream_t stream,
-                       bool next_starts_early) {
+void pushed_gather_add(const bf16* delta, bf16* residual, size_t n, const PushedAllReduce& ar, cudaStream_t stream) {
   check(delta, residual, n, ar, "pushed_gather_add");
   launch_overlapped<gather_add_kernel>(dim3(1), dim3(kThreads), 0, stream, reinterpret_cast<const uint4*>(delta),
-                                       reinterpret_cast<uint4*>(residual), n / 8, ar, next_starts_early);
+                                       reinterpret_cast<uint4*>(residual), n / 8, ar);
   TROUPE_CUDA_CHECK_LAUNCH(gather_add_kernel);
 }
 

@@ -17,10 +17,7 @@ void pushed_send(const __nv_bfloat16* delta, size_t n, const PushedAllReduce& ar
 
 // residual += the ranks' sum, this rank's part in delta (as sent), the peers' in the mailboxes, which
 // it empties; then the next call's mailboxes are in use. Same conditions on n and alignment.
-// next_starts_early: the kernel after it is launched as the gather starts, not once its wait for the
-// projection before it is over, for a next kernel whose blocks fit beside that projection's (a
-// register GEMV beside a streaming one) and so start loading their weight sooner.
 void pushed_gather_add(const __nv_bfloat16* delta, __nv_bfloat16* residual, size_t n, const PushedAllReduce& ar,
-                       cudaStream_t stream, bool next_starts_early = false);
+                       cudaStream_t stream);
 
 }  // namespace troupe::cuda
