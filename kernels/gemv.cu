@@ -101,6 +101,7 @@ __device__ __forceinline__ void gemv_body(const Params& p) {
   uint32_t call = 0;
   if constexpr (OUT == Out::push) call = pushed::current_call(p.ar);
   if constexpr (IN != GemvInput::plain) stage_input<TOKENS, IN, kThreads>(p, staged);
+  clock_mark(1);  // input staged (a measurement build's record)
   if (!has_rows) return;
   // add_to_out: the value this lane adds to, loaded now so that its latency hides behind the sums.
   const int r_lane = lane / TOKENS, t_lane = lane % TOKENS;
@@ -150,6 +151,7 @@ __device__ __forceinline__ void gemv_body(const Params& p) {
       for (int t = 0; t < TOKENS; ++t) accumulate(wv[r], xv[t], acc[r][t]);
   }
 
+  clock_mark(2);  // the weight's sums done
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
