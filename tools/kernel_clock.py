@@ -36,7 +36,7 @@ def launches(path):
                 out[-1]['marks'][grid & 0xffff].append(before)
             continue
         k = out[-1] if out else None
-        if k and k['grid'] == grid and k['smem'] == smem and not k['marks'] and after - k['a1'] < 20000 and k['n'] < grid:
+        if k and k['grid'] == grid and k['smem'] == smem and after - k['a1'] < 20000 and k['n'] < grid:
             k['n'] += 1
             k['b0'], k['b1'] = min(k['b0'], before), max(k['b1'], before)
             k['a0'], k['a1'] = min(k['a0'], after), max(k['a1'], after)
