@@ -42,6 +42,22 @@ struct alignas(16) Bf16x8 {
   __device__ __forceinline__ void set(int j, float a, float b) {
     reinterpret_cast<__nv_bfloat162*>(&raw)[j] = __floats2bfloat162_rn(a, b);
   }
+  // The eight values as f32 (exact).
+  __device__ __forceinline__ void to_floats(float (&v)[8]) const {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = get(j);
+      v[2 * j] = f.x;
+      v[2 * j + 1] = f.y;
+    }
+  }
+  // Eight f32 rounded to bf16 (to nearest even).
+  static __device__ __forceinline__ Bf16x8 of_floats(const float (&v)[8]) {
+    Bf16x8 r;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) r.set(j, v[2 * j], v[2 * j + 1]);
+    return r;
+  }
 };
 
 __device__ __forceinline__ Bf16x8 load8(const __nv_bfloat16* p) { return {*reinterpret_cast<const uint4*>(p)}; }

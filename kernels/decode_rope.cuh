@@ -84,8 +84,8 @@ class NewTokenRope {
       const bool active = h < heads_;
       float x1[8], x2[8];
       if (active) {
-        rope_math::unpack(x1_[rd], x1);
-        rope_math::unpack(x2_[rd], x2);
+        x1_[rd].to_floats(x1);
+        x2_[rd].to_floats(x2);
       } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j) x1[j] = x2[j] = 0.0f;
@@ -94,15 +94,15 @@ class NewTokenRope {
         const float inv_rms = rope_math::head_inverse_rms(x1, x2, groups, D, r.norm_eps);
         if (active) {
           float g1[8], g2[8];
-          rope_math::unpack(pick(h < rows_, q_g1_, k_g1_), g1);
-          rope_math::unpack(pick(h < rows_, q_g2_, k_g2_), g2);
+          pick(h < rows_, q_g1_, k_g1_).to_floats(g1);
+          pick(h < rows_, q_g2_, k_g2_).to_floats(g2);
           rope_math::normalise(x1, g1, inv_rms);
           rope_math::normalise(x2, g2, inv_rms);
         }
       }
       if (!active) continue;
       if (rotate_) rope_math::rotate(x1, x2, c_, s_);
-      const Bf16x8 p1 = rope_math::pack(x1), p2 = rope_math::pack(x2);
+      const Bf16x8 p1 = Bf16x8::of_floats(x1), p2 = Bf16x8::of_floats(x2);
       if (h < rows_) {
         store8(qs + h * kRow<D> + col(), p1);
         store8(qs + h * kRow<D> + half + col(), p2);

@@ -172,13 +172,7 @@ __global__ void scatter_add_kernel(const bf16* __restrict__ src, const uint32_t*
   for (int64_t c = static_cast<int64_t>(threadIdx.x) * kVec; c < width; c += static_cast<int64_t>(blockDim.x) * kVec) {
     float acc[kVec];
     if constexpr (kVec == 8) {
-      const Bf16x8 v = load8(dst + c);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 f = v.get(j);
-        acc[2 * j] = f.x;
-        acc[2 * j + 1] = f.y;
-      }
+      load8(dst + c).to_floats(acc);
     } else {
       acc[0] = __bfloat162float(dst[c]);
     }
@@ -197,10 +191,7 @@ __global__ void scatter_add_kernel(const bf16* __restrict__ src, const uint32_t*
       }
     }
     if constexpr (kVec == 8) {
-      Bf16x8 r;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) r.set(j, acc[2 * j], acc[2 * j + 1]);
-      store8(dst + c, r);
+      store8(dst + c, Bf16x8::of_floats(acc));
     } else {
       dst[c] = __float2bfloat16_rn(acc[0]);
     }

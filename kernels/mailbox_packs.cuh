@@ -40,13 +40,7 @@ __device__ __forceinline__ void to_floats(const uint4& v, float (&out)[Elem<T>::
     out[2] = __uint_as_float(v.z);
     out[3] = __uint_as_float(v.w);
   } else {
-    const Bf16x8 pack{v};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 f = pack.get(j);
-      out[2 * j] = f.x;
-      out[2 * j + 1] = f.y;
-    }
+    Bf16x8{v}.to_floats(out);
   }
 }
 
@@ -55,10 +49,7 @@ __device__ __forceinline__ uint4 from_floats(const float (&in)[Elem<T>::per_pack
   if constexpr (std::is_same_v<T, float>) {
     return make_uint4(__float_as_uint(in[0]), __float_as_uint(in[1]), __float_as_uint(in[2]), __float_as_uint(in[3]));
   } else {
-    Bf16x8 pack;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) pack.set(j, in[2 * j], in[2 * j + 1]);  // round to nearest even
-    return pack.raw;
+    return Bf16x8::of_floats(in).raw;
   }
 }
 

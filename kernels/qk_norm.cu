@@ -15,13 +15,7 @@ constexpr int warps_per_block = threads / warp_size;
 template <int kVec>
 __device__ __forceinline__ void load(const bf16* p, float (&v)[kVec]) {
   if constexpr (kVec == 8) {
-    const Bf16x8 pack = load8(p);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 f = pack.get(j);
-      v[2 * j] = f.x;
-      v[2 * j + 1] = f.y;
-    }
+    load8(p).to_floats(v);
   } else {
     v[0] = __bfloat162float(*p);
   }
@@ -30,10 +24,7 @@ __device__ __forceinline__ void load(const bf16* p, float (&v)[kVec]) {
 template <int kVec>
 __device__ __forceinline__ void store(bf16* p, const float (&v)[kVec]) {
   if constexpr (kVec == 8) {
-    Bf16x8 pack;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) pack.set(j, v[2 * j], v[2 * j + 1]);
-    store8(p, pack);
+    store8(p, Bf16x8::of_floats(v));
   } else {
     *p = __float2bfloat16_rn(v[0]);
   }

@@ -21,9 +21,9 @@ struct Lane;
 
 template <>
 struct Lane<8> {
-  static __device__ __forceinline__ void load(const bf16* p, float (&v)[8]) { rope_math::unpack(load8(p), v); }
+  static __device__ __forceinline__ void load(const bf16* p, float (&v)[8]) { load8(p).to_floats(v); }
   static __device__ __forceinline__ void load(const float* p, float (&v)[8]) { rope_math::load(p, v); }
-  static __device__ __forceinline__ Bf16x8 pack(const float (&v)[8]) { return rope_math::pack(v); }
+  static __device__ __forceinline__ Bf16x8 pack(const float (&v)[8]) { return Bf16x8::of_floats(v); }
   static __device__ __forceinline__ void store(bf16* p, const Bf16x8& v) { store8(p, v); }
   static __device__ __forceinline__ void copy(const bf16* src, bf16* dst) { store8(dst, load8(src)); }
   static __device__ __forceinline__ Bf16x8 raw(const bf16* p) { return load8(p); }

@@ -10,25 +10,10 @@
 
 namespace troupe::cuda::rope_math {
 
-// Eight values of a 16-byte bf16 pack, or of 32 bytes of f32, as f32 (exact).
-__device__ __forceinline__ void unpack(const Bf16x8& pack, float (&v)[8]) {
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 f = pack.get(j);
-    v[2 * j] = f.x;
-    v[2 * j + 1] = f.y;
-  }
-}
+// Eight f32 from 32 bytes (a rope table's row).
 __device__ __forceinline__ void load(const float* p, float (&v)[8]) {
   const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
   v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-// Rounded to bf16 (to nearest even).
-__device__ __forceinline__ Bf16x8 pack(const float (&v)[8]) {
-  Bf16x8 r;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) r.set(j, v[2 * j], v[2 * j + 1]);
-  return r;
 }
 
 // (x1, x2) ← (x1 c − x2 s, x2 c + x1 s) for N pairs (x_i, x_{i + head_dim / 2}), each product and sum
