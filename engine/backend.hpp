@@ -177,6 +177,25 @@ class Backend {
   // residual += Σ over ranks of their parts (this rank's: delta, as the push left it; the peers':
   // in the mailboxes), the sum rounded before the add: Communicator::all_reduce_add's result.
   virtual void gather_add(const Tensor& delta, const Tensor& residual, const PushedAllReduce& ar);
+  // gather_add, then normed = rms_norm(residual) · norm_weight: the next sublayer's norm made by the
+  // gather, which holds the sum, so that the projection after it takes normed as it is (normed_linear);
+  // gather_normalises says whether the backend does this in one kernel and gains by it (else the
+  // gather, and the norm fused into the projection as rms_norm_linear fuses it).
+  virtual bool gather_normalises(int64_t tokens) const {
+    (void)tokens;
+    return false;
+  }
+  // out = normed · wᵀ (+ bias), normed being gather_add_rms_norm's output: linear's result; a backend
+  // may read the input as its fused rms_norm_linear reads the norm it computes (the CUDA GEMV: copied
+  // into each block's shared memory once, instead of read from L2 by every warp).
+  virtual void normed_linear(const Tensor& normed, const Tensor& w, const Tensor* bias, const Tensor& out) {
+    linear(normed, w, bias, out);
+  }
+  virtual void gather_add_rms_norm(const Tensor& delta, const Tensor& residual, const PushedAllReduce& ar,
+                                   const Tensor& norm_weight, float eps, const Tensor& normed) {
+    gather_add(delta, residual, ar);
+    rms_norm(residual, norm_weight, eps, normed);
+  }
 
   // Per-head RMSNorm of q and k inside fused qkv rows (Qwen3), in place.
   virtual void qk_norm(const Tensor& qkv, const QkvLayout& layout, const Tensor& q_weight, const Tensor& k_weight,

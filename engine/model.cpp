@@ -518,8 +518,26 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
   // follows it.
   const PushedAllReduce* pushed = comms_.tp ? comms_.tp->pushed_all_reduce(delta) : nullptr;
   auto pushes = [&](const Tensor& weight) { return pushed && be.pushes_output(t, weight); };
+  // Where the backend normalises in the gather (gather_normalises), the gather also writes the next
+  // norm's output into x, and x_normed_by says with which weight, until the norm's consumer takes it.
+  const bool gather_norms = pushed && be.gather_normalises(t);
+  const Tensor* x_normed_by = nullptr;
+  auto gather = [&](const Tensor* next_norm) {
+    if (gather_norms && next_norm) {
+      be.gather_add_rms_norm(delta, residual, *pushed, *next_norm, eps, x);
+      x_normed_by = next_norm;
+    } else {
+      be.gather_add(delta, residual, *pushed);
+    }
+  };
+  auto take_normed = [&](const Tensor& norm) {
+    if (x_normed_by != &norm) return false;
+    x_normed_by = nullptr;
+    return true;
+  };
   auto add_in_projection = [&](const Tensor& weight) { return !comms_.tp && be.fuses_residual_add(t, weight); };
   auto norm_into_x = [&](const Tensor& norm) {
+    if (take_normed(norm)) return;
     if (pending)
       be.add_rms_norm(residual, delta, norm, eps, x);
     else
@@ -527,7 +545,9 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
     pending = false;
   };
   auto norm_linear = [&](const Tensor& norm, const Tensor& weight, const Tensor* bias, const Tensor& out) {
-    if (pending) {
+    if (take_normed(norm)) {
+      be.normed_linear(x, weight, bias, out);
+    } else if (pending) {
       norm_into_x(norm);
       be.linear(x, weight, bias, out);
     } else {
@@ -558,7 +578,7 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
       be.linear_add(attn, layer.o, bias_of(layer.o_bias), delta, residual);
     } else if (pushes(layer.o)) {
       be.linear_push(attn, layer.o, bias_of(layer.o_bias), delta, *pushed);
-      be.gather_add(delta, residual, *pushed);
+      gather(&layer.post_attention_norm);
     } else {
       be.linear(attn, layer.o, bias_of(layer.o_bias), delta);
       delta_complete();
@@ -572,7 +592,7 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
         be.silu_mul_linear_add(gate_up, m.down, act, delta, residual);
       } else if (pushes(m.down)) {
         be.silu_mul_linear_push(gate_up, m.down, delta, *pushed);
-        be.gather_add(delta, residual, *pushed);
+        gather(li + 1 < w.layers.size() ? &w.layers[li + 1].input_norm : nullptr);
       } else {
         be.silu_mul_linear(gate_up, m.down, act, delta);
         delta_complete();

@@ -275,6 +275,14 @@ class CudaBackend final : public Backend {
     project(x, w, bias, out, "linear", false);
   }
 
+  // The GEMV copies the normed input into each block's shared memory (GemvInput::staged): read plain by
+  // every warp, tp4's qkv (192 blocks) crowded the L2 slices that hold it and llama-3.1-8b's tp4 step
+  // took 1.797 ms against 1.723 (4 × H200). TROUPE_GEMV_STAGED=0 reads it plain, to measure.
+  void normed_linear(const Tensor& normed, const Tensor& w, const Tensor* bias, const Tensor& out) override {
+    static const bool staged = cuda::switched_on("TROUPE_GEMV_STAGED");
+    project(normed, w, bias, out, "normed_linear", false, staged ? cuda::GemvInput::staged : cuda::GemvInput::plain);
+  }
+
   void silu_mul(const Tensor& gate_up, const Tensor& out) override {
     require_bf16(gate_up, "silu_mul");
     require_bf16(out, "silu_mul");
@@ -341,6 +349,34 @@ class CudaBackend final : public Backend {
     require(delta.numel() == residual.numel(), "gather_add", "shapes " + delta.describe() + ", " + residual.describe());
     bind();
     cuda::pushed_gather_add(bf16_in(delta), bf16_out(residual), static_cast<size_t>(delta.numel()), ar, stream_);
+  }
+
+  // One kernel for the gather and the norm after it, at the GEMV's token counts: the norm's
+  // projection then copies the normed input into its blocks (normed_linear) instead of each block
+  // normalising the residual after its wait. llama-3.1-8b's batch-1 step on 4 × H200: tp2 2.642 ->
+  // 2.614 ms, tp4 unchanged (1.716 -> 1.718); with the gather before qkv alone, tp2 2.633, before
+  // gate_up alone 2.645 (docs/benchmarks.md). TROUPE_GATHER_NORM=0 leaves the norm to the
+  // projection, to measure.
+  bool gather_normalises(int64_t tokens) const override {
+    static const bool on = cuda::switched_on("TROUPE_GATHER_NORM");
+    return on && tokens >= 1 && tokens <= cuda::kGemvMaxTokens;
+  }
+
+  void gather_add_rms_norm(const Tensor& delta, const Tensor& residual, const PushedAllReduce& ar,
+                           const Tensor& norm_weight, float eps, const Tensor& normed) override {
+    const char* op = "gather_add_rms_norm";
+    require_bf16(delta, op);
+    require_bf16(residual, op);
+    require_bf16(norm_weight, op);
+    require_bf16(normed, op);
+    require(delta.numel() == residual.numel() && normed.numel() == residual.numel() && residual.rank() >= 1 &&
+                residual.size(-1) == norm_weight.numel(),
+            op, "shapes " + delta.describe() + ", " + residual.describe() + ", " + norm_weight.describe() + ", " +
+                    normed.describe());
+    bind();
+    cuda::pushed_gather_add_rms_norm(bf16_in(delta), bf16_out(residual), static_cast<size_t>(delta.numel()), ar,
+                                     bf16_in(norm_weight), static_cast<size_t>(norm_weight.numel()), eps,
+                                     bf16_out(normed), stream_);
   }
 
   // The projection adds into the residual in the GEMV (see fuses_residual_add); otherwise the ops
@@ -673,11 +709,12 @@ class CudaBackend final : public Backend {
   // out = x · wᵀ (+ bias), or out += that (accumulate) where the GEMV takes the call; false, with
   // nothing launched, for an accumulate the GEMV declines.
   bool project(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out, const char* op,
-               bool accumulate) {
+               bool accumulate, cuda::GemvInput input = cuda::GemvInput::plain) {
     const int64_t tokens = check_projection(x, w, bias, out, op);
     bind();
     cuda::GemvCall c = gemv_call(x, w, bias, out, tokens);
     c.add_to_out = accumulate;
+    c.input = input;
     if (use_gemv(tokens, w) && cuda::small_batch_gemv(c, stream_)) return true;
     if (accumulate) return false;
     gemm_->linear(c.x, c.w, c.bias, c.out, tokens, c.n, c.k, stream_);

@@ -298,6 +298,12 @@ bool small_batch_gemv(const GemvCall& c, cudaStream_t stream) {
   }
   switch (c.input) {
     case GemvInput::plain: dispatch_out<GemvInput::plain>(p, c.tokens, out, stream); break;
+    case GemvInput::staged:  // one token's store (a norm's output); else read plain, the same values
+      if (c.tokens == 1 && out == Out::store)
+        launch<1, GemvInput::staged, Out::store>(p, stream);
+      else
+        dispatch_out<GemvInput::plain>(p, c.tokens, out, stream);
+      break;
     case GemvInput::rms_norm: dispatch_out<GemvInput::rms_norm>(p, c.tokens, out, stream); break;
     case GemvInput::silu_mul: dispatch_out<GemvInput::silu_mul>(p, c.tokens, out, stream); break;
   }

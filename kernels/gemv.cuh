@@ -24,7 +24,11 @@ constexpr int64_t kGemvMaxWeightMiB = 64;
 
 // What the projection reads as its input rows.
 enum class GemvInput {
-  plain,     // x [tokens, k] as it is
+  plain,     // x [tokens, k] as it is, read by every warp where it needs it
+  // x as it is, copied into each block's shared memory first (one token): an input that every block
+  // reads whole at once, as a norm's output made by the gather before it (engine's normed_linear);
+  // every warp reading it from L2 at once crowds the few L2 slices that hold it.
+  staged,
   rms_norm,  // rms_norm(x) · norm_weight, computed as kernels/rmsnorm.cu computes it (same bf16 values)
   silu_mul,  // silu(x[:, :k]) · x[:, k:] of x [tokens, 2k], as kernels/activation.cu's silu_mul rounds it
 };

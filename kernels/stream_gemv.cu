@@ -227,6 +227,7 @@ void launch_out(const Params& p, Out out, cudaStream_t stream) {
 void launch_stream_gemv(const Params& p, GemvInput in, Out out, cudaStream_t stream) {
   switch (in) {
     case GemvInput::plain: return launch_out<GemvInput::plain>(p, out, stream);
+    case GemvInput::staged: return launch_out<GemvInput::plain>(p, out, stream);  // stages every input
     case GemvInput::rms_norm: return launch_out<GemvInput::rms_norm>(p, out, stream);
     case GemvInput::silu_mul: return launch_out<GemvInput::silu_mul>(p, out, stream);
   }

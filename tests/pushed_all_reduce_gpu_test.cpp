@@ -4,8 +4,10 @@
 //
 //   reference: linear or silu_mul_linear → PeerAllReduce::all_reduce_add → rms_norm_linear
 //   pushed:    linear_push or silu_mul_linear_push → gather_add → rms_norm_linear
+//   normed:    linear_push or silu_mul_linear_push → gather_add_rms_norm → normed_linear
 //
-// and every rank's residual and projection outputs must be the same bits. The producers take the
+// and every rank's residual and projection outputs must be the same bits, and the normed input the
+// gather makes must be the rms_norm kernel's. The producers take the
 // GEMV's four-row path (one 8-byte store per token and warp), its one-row path, several tokens, and
 // the standalone sending kernel (what the backend launches after a projection the GEMV declines). Chains
 // run many sublayers back to back without a host synchronisation (the call count passes through
@@ -97,13 +99,16 @@ RankTensors make_tensors(Backend& be, const Shape& s, int rank, uint64_t seed) {
   return t;
 }
 
+enum class Way { all_reduce_kernel, pushed, pushed_normed };
+
 // Sublayer j of a chain: its producer (0: o projection, 1: down projection with SwiGLU, 2: the o
 // projection and then the standalone send), then the sum into the residual and the next norm's
-// projection.
-void sublayer(Backend& be, RankTensors& t, cuda::PeerAllReduce* reference, const PushedAllReduce* pushed, int j) {
+// projection. Ways other than pushed_normed then write the rms_norm kernel's output into normed.
+void sublayer(Backend& be, RankTensors& t, cuda::PeerAllReduce* reference, const PushedAllReduce* pushed, Way way,
+              int j) {
   const float eps = 1e-6f;
   const int producer = j % 3;
-  if (reference) {
+  if (way == Way::all_reduce_kernel) {
     if (producer == 1)
       be.silu_mul_linear(t.gate_up, t.w_down, t.act, t.delta);
     else
@@ -112,6 +117,7 @@ void sublayer(Backend& be, RankTensors& t, cuda::PeerAllReduce* reference, const
     reference->all_reduce_add(t.delta.data(), t.residual.data(), static_cast<size_t>(t.delta.numel()), DType::bf16,
                               stream);
     be.rms_norm_linear(t.residual, t.norm, eps, t.w_next, nullptr, t.normed, t.out);
+    be.rms_norm(t.residual, t.norm, eps, t.normed);
     return;
   }
   if (producer == 1) {
@@ -124,17 +130,23 @@ void sublayer(Backend& be, RankTensors& t, cuda::PeerAllReduce* reference, const
   } else {
     be.linear_push(t.attn, t.w_o, nullptr, t.delta, *pushed);
   }
+  if (way == Way::pushed_normed) {
+    be.gather_add_rms_norm(t.delta, t.residual, *pushed, t.norm, eps, t.normed);
+    be.normed_linear(t.normed, t.w_next, nullptr, t.out);
+    return;
+  }
   be.gather_add(t.delta, t.residual, *pushed);
   be.rms_norm_linear(t.residual, t.norm, eps, t.w_next, nullptr, t.normed, t.out);
+  be.rms_norm(t.residual, t.norm, eps, t.normed);
 }
 
 struct Result {
-  std::vector<uint32_t> residual, out;
+  std::vector<uint32_t> residual, out, normed;
 };
 
 // `eager` sublayers one after another, then a graph of `graph_sublayers` replayed `replays` times,
 // on every rank, each way; every rank's results.
-std::vector<Result> run_chain(const std::vector<int>& devices, const Shape& s, bool pushed_way, uint64_t seed) {
+std::vector<Result> run_chain(const std::vector<int>& devices, const Shape& s, Way way, uint64_t seed) {
   constexpr int eager = 60, graph_sublayers = 6, replays = 20;
   const int n = static_cast<int>(devices.size());
   auto group = cuda::PeerAllReduceGroup::create(devices, size_t{4} << 20);
@@ -149,15 +161,13 @@ std::vector<Result> run_chain(const std::vector<int>& devices, const Shape& s, b
         const PushedAllReduce ar = peer.pushed();
         RankTensors t = make_tensors(*be, s, r, seed);
         be->synchronize();
-        cuda::PeerAllReduce* reference = pushed_way ? nullptr : &peer;
-        const PushedAllReduce* pushed = pushed_way ? &ar : nullptr;
-        for (int j = 0; j < eager; ++j) sublayer(*be, t, reference, pushed, j);
+        for (int j = 0; j < eager; ++j) sublayer(*be, t, &peer, &ar, way, j);
         if (!be->begin_capture()) throw std::runtime_error("the CUDA backend did not begin a capture");
-        for (int j = 0; j < graph_sublayers; ++j) sublayer(*be, t, reference, pushed, j);
+        for (int j = 0; j < graph_sublayers; ++j) sublayer(*be, t, &peer, &ar, way, j);
         std::shared_ptr<void> graph = be->end_capture();
         for (int i = 0; i < replays; ++i) be->replay(graph);
         be->synchronize();
-        results[r] = {download(*be, t.residual), download(*be, t.out)};
+        results[r] = {download(*be, t.residual), download(*be, t.out), download(*be, t.normed)};
       } catch (...) {
         errors[r] = std::current_exception();
       }
@@ -219,20 +229,27 @@ TEST(PushedAllReduceGpu, GivesTheAllReduceAddsBits) {
       {4096, 1024, 1536, 512, 3},   // three tokens: one row a warp
       {1024, 512, 768, 256, 2},     // two tokens, four rows a warp
       {4096, 2048, 7168, 3072, 1},  // llama-3.1-8b's tp2 shard: streamed through shared memory
+      {4096, 1024, 1024, 8448, 1},  // the next projection (69 MB) streamed, its input plain or normed
+      {5120, 1024, 1024, 512, 2},   // rows of 640 packs: a gather thread takes two, as rms_norm's does
   };
   uint64_t seed = 7100;
   for (const auto& devices : groups())
     for (const Shape& s : shapes) {
       std::fprintf(stderr, "%zu GPUs, %s: all-reduce kernel\n", devices.size(), s.describe().c_str());
-      const std::vector<Result> want = run_chain(devices, s, false, seed);
-      std::fprintf(stderr, "%zu GPUs, %s: pushed\n", devices.size(), s.describe().c_str());
-      const std::vector<Result> got = run_chain(devices, s, true, seed);
-      for (size_t r = 0; r < devices.size(); ++r) {
-        const std::string what = s.describe() + ", " + std::to_string(devices.size()) + " GPUs, rank " + std::to_string(r);
-        EXPECT_EQ(first_difference(got[r].residual, want[r].residual), "") << "residual, " << what;
-        EXPECT_EQ(first_difference(got[r].out, want[r].out), "") << "next projection, " << what;
-        // Every rank holds the same residual.
-        EXPECT_EQ(first_difference(got[r].residual, got[0].residual), "") << "residual against rank 0, " << what;
+      const std::vector<Result> want = run_chain(devices, s, Way::all_reduce_kernel, seed);
+      for (const Way way : {Way::pushed, Way::pushed_normed}) {
+        const char* name = way == Way::pushed ? "pushed" : "pushed, normed by the gather";
+        std::fprintf(stderr, "%zu GPUs, %s: %s\n", devices.size(), s.describe().c_str(), name);
+        const std::vector<Result> got = run_chain(devices, s, way, seed);
+        for (size_t r = 0; r < devices.size(); ++r) {
+          const std::string what =
+              s.describe() + ", " + name + ", " + std::to_string(devices.size()) + " GPUs, rank " + std::to_string(r);
+          EXPECT_EQ(first_difference(got[r].residual, want[r].residual), "") << "residual, " << what;
+          EXPECT_EQ(first_difference(got[r].normed, want[r].normed), "") << "normed input, " << what;
+          EXPECT_EQ(first_difference(got[r].out, want[r].out), "") << "next projection, " << what;
+          // Every rank holds the same residual.
+          EXPECT_EQ(first_difference(got[r].residual, got[0].residual), "") << "residual against rank 0, " << what;
+        }
       }
       seed += 100;
     }
