@@ -353,10 +353,11 @@ class CudaBackend final : public Backend {
 
   // One kernel for the gather and the norm after it, at the GEMV's token counts: the norm's
   // projection then copies the normed input into its blocks (normed_linear) instead of each block
-  // normalising the residual after its wait. llama-3.1-8b's batch-1 step on 4 × H200: tp2 2.642 ->
-  // 2.614 ms, tp4 unchanged (1.716 -> 1.718); with the gather before qkv alone, tp2 2.633, before
-  // gate_up alone 2.645 (docs/benchmarks.md). TROUPE_GATHER_NORM=0 leaves the norm to the
-  // projection, to measure.
+  // normalising the residual after its wait. llama-3.1-8b's batch-1 step on 4 × H200, with the rest
+  // of that path (the residual loaded first, the gather apart from streaming CTAs): tp2 2.644 -> 2.608
+  // ms, tp4 1.708 -> 1.700; normalising in the gather before qkv alone, or before gate_up alone, gained
+  // less than both (docs/benchmarks.md). TROUPE_GATHER_NORM=0 leaves the norm to the projection, to
+  // measure.
   bool gather_normalises(int64_t tokens) const override {
     static const bool on = cuda::switched_on("TROUPE_GATHER_NORM");
     return on && tokens >= 1 && tokens <= cuda::kGemvMaxTokens;
@@ -373,6 +374,8 @@ class CudaBackend final : public Backend {
                 residual.size(-1) == norm_weight.numel(),
             op, "shapes " + delta.describe() + ", " + residual.describe() + ", " + norm_weight.describe() + ", " +
                     normed.describe());
+    if (residual.numel() / norm_weight.numel() > cuda::kGatherNormMaxRows)
+      return Backend::gather_add_rms_norm(delta, residual, ar, norm_weight, eps, normed);
     bind();
     cuda::pushed_gather_add_rms_norm(bf16_in(delta), bf16_out(residual), static_cast<size_t>(delta.numel()), ar,
                                      bf16_in(norm_weight), static_cast<size_t>(norm_weight.numel()), eps,

@@ -54,9 +54,9 @@ struct GemvCall {
   bool stream = true;
 };
 
-// Takes only what it handles well — k a multiple of 8, x, w (and norm_weight) 16-byte aligned, a
-// staged input (rms_norm, silu_mul) of at most 48 KB — and returns false, launching nothing,
-// otherwise.
+// Takes only what it handles well — k a multiple of 8, x, w (and norm_weight) 16-byte aligned, an
+// input held in shared memory (staged, rms_norm, silu_mul) of at most 48 KB — and returns false,
+// launching nothing, otherwise.
 bool small_batch_gemv(const GemvCall& call, cudaStream_t stream);
 
 // Whether small_batch_gemv streams this projection through shared memory (kernels/stream_gemv.cu):

@@ -67,7 +67,6 @@ __global__ void __launch_bounds__(kThreads) gather_add_kernel(const uint4* delta
 // in each of its blocks. The arithmetic is kernels/rmsnorm.cu's bit for bit: that kernel's thread j
 // takes packs j, j + 512, … of a row (or pack j alone, where a row has fewer than 512), which is what
 // this block's thread j gathers, and the warps' sums of squares are added as its block_sum adds them.
-constexpr int kMaxNormRows = 8;
 // Shared memory the kernel asks for and does not use, so that its block cannot start beside a CTA of
 // the streaming GEMV (kernels/stream_gemv.cu: at least 116 KB) that ends the sublayer before it: where
 // it did (its 61 registers a thread fit beside one), llama-3.1-8b's tp2 step took 2.619 / 2.624 ms
@@ -82,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
   wait_for_previous_kernel();
   let_next_kernel_start();
   const uint32_t call = pushed::current_call(ar);
-  __shared__ float partial[kMaxNormRows][kThreads / 32];
+  __shared__ float partial[kGatherNormMaxRows][kThreads / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int t = 0; t < rows; ++t) {
     float sum_sq = 0.0f;
@@ -140,10 +139,10 @@ void pushed_gather_add(const bf16* delta, bf16* residual, size_t n, const Pushed
 void pushed_gather_add_rms_norm(const bf16* delta, bf16* residual, size_t n, const PushedAllReduce& ar,
                                 const bf16* norm_weight, size_t width, float eps, bf16* normed, cudaStream_t stream) {
   check(delta, residual, n, ar, "pushed_gather_add_rms_norm");
-  if (width == 0 || width % 8 != 0 || n % width != 0 || n / width > kMaxNormRows || !is_aligned(norm_weight, 16) ||
+  if (width == 0 || width % 8 != 0 || n % width != 0 || n / width > kGatherNormMaxRows || !is_aligned(norm_weight, 16) ||
       !is_aligned(normed, 16))
     throw std::invalid_argument("pushed_gather_add_rms_norm: " + std::to_string(n) + " elements in rows of " +
-                                std::to_string(width) + " (a multiple of 8; at most " + std::to_string(kMaxNormRows) +
+                                std::to_string(width) + " (a multiple of 8; at most " + std::to_string(kGatherNormMaxRows) +
                                 " rows; 16-byte aligned norm weight and output) needed");
   static std::atomic<uint64_t> granted{0};
   once_per_device(granted, [] {

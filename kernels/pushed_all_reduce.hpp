@@ -20,8 +20,11 @@ void pushed_send(const __nv_bfloat16* delta, size_t n, const PushedAllReduce& ar
 void pushed_gather_add(const __nv_bfloat16* delta, __nv_bfloat16* residual, size_t n, const PushedAllReduce& ar,
                        cudaStream_t stream);
 
-// pushed_gather_add, then normed = rms_norm(residual) · norm_weight (rows of width, at most 8 rows),
-// bit for bit what kernels/rmsnorm.cuh's rms_norm then gives.
+// The most rows pushed_gather_add_rms_norm takes (a decode step's few tokens).
+constexpr size_t kGatherNormMaxRows = 8;
+
+// pushed_gather_add, then normed = rms_norm(residual) · norm_weight (rows of width, at most
+// kGatherNormMaxRows rows), bit for bit what kernels/rmsnorm.cuh's rms_norm then gives.
 void pushed_gather_add_rms_norm(const __nv_bfloat16* delta, __nv_bfloat16* residual, size_t n,
                                 const PushedAllReduce& ar, const __nv_bfloat16* norm_weight, size_t width, float eps,
                                 __nv_bfloat16* normed, cudaStream_t stream);
