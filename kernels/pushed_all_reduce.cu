@@ -62,20 +62,21 @@ __global__ void __launch_bounds__(kThreads) gather_add_kernel(const uint4* delta
   if (threadIdx.x == 0) ar.state[0] = call + 1;
 }
 
-// gather_add_kernel, then the RMSNorm of the residual it has made, into normed: the next sublayer's
-// input, which the projection after it then takes as it is instead of normalising the residual again
-// in each of its blocks. The arithmetic is kernels/rmsnorm.cu's bit for bit: that kernel's thread j
-// takes packs j, j + 512, … of a row (or pack j alone, where a row has fewer than 512), which is what
-// this block's thread j gathers, and the warps' sums of squares are added as its block_sum adds them.
 // Shared memory the kernel asks for and does not use, so that its block cannot start beside a CTA of
 // the streaming GEMV (kernels/stream_gemv.cu: at least 116 KB) that ends the sublayer before it: where
 // it did (its 61 registers a thread fit beside one), llama-3.1-8b's tp2 step took 2.619 / 2.624 ms
 // against 2.614 / 2.613, and 2.600 against 2.593 with the residual loaded first (4 × H200).
 constexpr int kApartFromStreamingBytes = 120 * 1024;
 
+// gather_add_kernel, then the RMSNorm of the residual it has made, into normed: the next sublayer's
+// input, which the projection after it then takes as it is instead of normalising the residual again
+// in each of its blocks. The arithmetic is kernels/rmsnorm.cu's bit for bit: that kernel's thread j
+// takes packs j, j + 512, … of a row (or pack j alone, where a row has fewer than 512), which is what
+// this block's thread j gathers, and the sums of its norm_warps warps are added as its block_sum adds
+// them.
 __global__ void __launch_bounds__(kThreads)
     gather_add_norm_kernel(const uint4* delta, uint4* residual, int rows, int row_packs, PushedAllReduce ar,
-                           const uint4* norm_weight, float eps, uint4* normed) {
+                           const uint4* norm_weight, float eps, uint4* normed, int norm_warps) {
   // The norm's weight comes from no kernel before: asked for before the wait.
   const uint4 first_weight = threadIdx.x < row_packs ? __ldg(norm_weight + threadIdx.x) : uint4{};
   wait_for_previous_kernel();
@@ -98,7 +99,6 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   clock_mark(1);  // summed
   if (threadIdx.x == 0) ar.state[0] = call + 1;
-  const int norm_warps = row_packs >= kThreads ? kThreads / 32 : (row_packs + 31) / 32;  // rmsnorm.cu's block
   for (int t = 0; t < rows; ++t) {
     const float total = warp_sum(lane < norm_warps ? partial[t][lane] : 0.0f);
     const float inv_rms = rsqrtf(total / static_cast<float>(row_packs * 8) + eps);
@@ -149,10 +149,14 @@ void pushed_gather_add_rms_norm(const bf16* delta, bf16* residual, size_t n, con
     TROUPE_CUDA_CHECK(cudaFuncSetAttribute(gather_add_norm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            kApartFromStreamingBytes));
   });
-  launch_overlapped<gather_add_norm_kernel>(
-      dim3(1), dim3(kThreads), size_t{kApartFromStreamingBytes}, stream, reinterpret_cast<const uint4*>(delta), reinterpret_cast<uint4*>(residual),
-      static_cast<int>(n / width), static_cast<int>(width / 8), ar, reinterpret_cast<const uint4*>(norm_weight), eps,
-      reinterpret_cast<uint4*>(normed));
+  const int row_packs = static_cast<int>(width / 8);
+  // The warps of kernels/rmsnorm.cu's block for a row of this width.
+  const int norm_warps = block_threads(row_packs, kThreads) / warp_size;
+  launch_overlapped<gather_add_norm_kernel>(dim3(1), dim3(kThreads), size_t{kApartFromStreamingBytes}, stream,
+                                            reinterpret_cast<const uint4*>(delta), reinterpret_cast<uint4*>(residual),
+                                            static_cast<int>(n / width), row_packs, ar,
+                                            reinterpret_cast<const uint4*>(norm_weight), eps,
+                                            reinterpret_cast<uint4*>(normed), norm_warps);
   TROUPE_CUDA_CHECK_LAUNCH(gather_add_norm_kernel);
 }
 
