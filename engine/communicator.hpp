@@ -41,6 +41,17 @@ class Communicator {
     (void)delta;
     return nullptr;
   }
+  // out [rows, width] = the ranks' `in` [rows, cols] side by side in rank order (rank q's row r at
+  // columns [q·cols, (q+1)·cols) of out's row r), cut at width ≤ size() · cols: a vocabulary-parallel
+  // layer's output in one collective, without the stack all_gather makes and a copy out of it. Only
+  // where gathers_columns(in, out) is true; every rank gives the same answer for the same shapes and
+  // dtype.
+  virtual bool gathers_columns(const Tensor& in, const Tensor& out) const {
+    (void)in;
+    (void)out;
+    return false;
+  }
+  virtual void all_gather_columns(const Tensor& in, const Tensor& out);
   // out = the ranks' `in` stacked in rank order; rank r contributes rows[r] rows (every rank passes
   // the same `rows`); out has Σ rows rows.
   virtual void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) = 0;
@@ -62,6 +73,10 @@ class Communicator {
 
 inline void Communicator::all_reduce_add(const Tensor&, const Tensor&) {
   throw std::logic_error("Communicator::all_reduce_add: this communicator does not fuse the add (ask fuses_all_reduce_add)");
+}
+
+inline void Communicator::all_gather_columns(const Tensor&, const Tensor&) {
+  throw std::logic_error("Communicator::all_gather_columns: this communicator does not gather columns (ask gathers_columns)");
 }
 
 }  // namespace troupe

@@ -634,10 +634,14 @@ Tensor Model::run(const KvCache& cache, const ForwardHooks& hooks, Tensor* hidde
   Tensor local = be.allocate({rows, plan.vocab_rows}, dt);
   be.rms_norm_linear(picked, w.final_norm, eps, w.lm_head, nullptr, normed, local);
   if (!comms_.tp) return local;
+  Tensor logits = be.allocate({rows, c.vocab_size}, dt);
+  if (comms_.tp->gathers_columns(local, logits)) {
+    comms_.tp->all_gather_columns(local, logits);
+    return logits;
+  }
   Tensor stacked = be.allocate({tp, rows, plan.vocab_rows}, dt);
   std::vector<int64_t> each(tp, rows);
   comms_.tp->all_gather(local, stacked.reshape({tp * rows, plan.vocab_rows}), each);
-  Tensor logits = be.allocate({rows, c.vocab_size}, dt);
   be.unstack_columns(stacked, logits);
   return logits;
 }

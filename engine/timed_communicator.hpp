@@ -51,6 +51,10 @@ class MeasuredCommunicator : public Communicator {
   void all_reduce_add(const Tensor& delta, const Tensor& residual) override {
     measure(Collective::all_reduce, [&] { inner_.all_reduce_add(delta, residual); });
   }
+  bool gathers_columns(const Tensor& in, const Tensor& out) const override { return inner_.gathers_columns(in, out); }
+  void all_gather_columns(const Tensor& in, const Tensor& out) override {
+    measure(Collective::all_gather, [&] { inner_.all_gather_columns(in, out); });
+  }
   void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
     measure(Collective::all_gather, [&] { inner_.all_gather(in, out, rows); });
   }

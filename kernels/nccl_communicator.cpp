@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -128,6 +129,23 @@ class NcclCommunicator final : public Communicator {
                                     comm_, stream_));
   }
 
+  // Through the peers' mailboxes (kernels/peer_all_gather.cu) where the GPUs map each other: a
+  // tensor-parallel LM head's logits (TROUPE_PEER_ALL_GATHER=0 keeps NCCL's all-gather and the copy
+  // out of its stack, to measure).
+  bool gathers_columns(const Tensor& in, const Tensor& out) const override {
+    auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()) % 16 == 0; };
+    return peer_ && gather_columns_ && in.dtype() == DType::bf16 && out.dtype() == DType::bf16 && in.rank() == 2 &&
+           out.rank() == 2 && in.size(0) == out.size(0) && in.size(1) % 8 == 0 && out.size(1) % 8 == 0 &&
+           out.size(1) <= size_ * in.size(1) && in.nbytes() <= peer_->gather_bytes() && aligned(in) && aligned(out);
+  }
+
+  void all_gather_columns(const Tensor& in, const Tensor& out) override {
+    if (!gathers_columns(in, out))
+      throw std::invalid_argument("all_gather_columns: " + in.describe() + " into " + out.describe() + " does not gather here");
+    peer_->all_gather_columns(in.data(), out.data(), static_cast<size_t>(in.size(0)), static_cast<size_t>(in.size(1)),
+                              static_cast<size_t>(out.size(1)), stream_);
+  }
+
   void all_gather(const Tensor& in, const Tensor& out, std::span<const int64_t> rows) override {
     const size_t rb = row_bytes(in);
     if (all_equal(rows)) {
@@ -238,6 +256,7 @@ class NcclCommunicator final : public Communicator {
   size_t peer_limit_ = 0;
   // TROUPE_ALL_REDUCE_ADD=0: the residual add stays a kernel of its own (to measure the fusion).
   bool fuse_add_ = cuda::switched_on("TROUPE_ALL_REDUCE_ADD");
+  bool gather_columns_ = cuda::switched_on("TROUPE_PEER_ALL_GATHER");
   PushedAllReduce pushed_;  // peer_'s, where there is one
   bool push_sums_ = cuda::switched_on("TROUPE_PUSHED_ALL_REDUCE");
 };

@@ -351,13 +351,15 @@ PeerAllReduceGroup::PeerAllReduceGroup(std::vector<int> devices, size_t max_byte
       max_bytes_(max_bytes),
       stage_bytes_(round_up(max_bytes, 256)),
       mailbox_bytes_(round_up(std::min(max_bytes, peer_all_reduce_push_bytes), 256)),
+      gather_bytes_(round_up(std::min(max_bytes, peer_all_gather_bytes), 256)),
       blocks_(blocks) {}
 
 void PeerAllReduceGroup::allocate() {
   KeepCurrentDevice keep;
   const size_t flag_bytes = size_t{2} * blocks_ * max_ranks * sizeof(uint32_t);
   const size_t epoch_bytes = blocks_ * sizeof(uint32_t);
-  const size_t header_bytes = round_up(flag_bytes + epoch_bytes + sizeof(uint32_t), 256);
+  // flags, the all-reduce's epochs, the pushed all-reduce's count, all_gather_columns' epochs
+  const size_t header_bytes = round_up(flag_bytes + 2 * epoch_bytes + sizeof(uint32_t), 256);
   memory_.reserve(devices_.size());
   for (int device : devices_) {
     TROUPE_CUDA_CHECK(cudaSetDevice(device));
@@ -370,16 +372,19 @@ void PeerAllReduceGroup::allocate() {
         TROUPE_CUDA_CHECK(status);
     }
     RankMemory m;
-    // The push path's three calls' mailboxes, then the pushed all-reduce's two (engine/pushed_all_reduce.hpp).
-    const size_t mailboxes = (3 + 2) * devices_.size() * mailbox_bytes_;
+    // The push path's three calls' mailboxes, the pushed all-reduce's two (engine/pushed_all_reduce.hpp),
+    // then all_gather_columns' three.
+    const size_t mailboxes = ((3 + 2) * mailbox_bytes_ + 3 * gather_bytes_) * devices_.size();
     TROUPE_CUDA_CHECK(cudaMalloc(&m.base, header_bytes + 2 * stage_bytes_ + mailboxes));
     std::byte* base = static_cast<std::byte*>(m.base);
     m.flags = reinterpret_cast<uint32_t*>(base);
     m.epochs = reinterpret_cast<uint32_t*>(base + flag_bytes);
     m.pushed_state = reinterpret_cast<uint32_t*>(base + flag_bytes + epoch_bytes);
+    m.gather_epochs = reinterpret_cast<uint32_t*>(base + flag_bytes + epoch_bytes + sizeof(uint32_t));
     m.stage = base + header_bytes;
     m.mailbox = base + header_bytes + 2 * stage_bytes_;
     m.pushed_mailbox = static_cast<std::byte*>(m.mailbox) + 3 * devices_.size() * mailbox_bytes_;
+    m.gather_mailbox = static_cast<std::byte*>(m.pushed_mailbox) + 2 * devices_.size() * mailbox_bytes_;
     memory_.push_back(m);  // freed by the destructor from here on
     TROUPE_CUDA_CHECK(cudaMemset(m.base, 0, header_bytes + 2 * stage_bytes_));
     // Empty mailboxes: every bf16 is -0.0 (see push_kernel).

@@ -50,6 +50,10 @@ enum class AllReduceAlgorithm { automatic, one_shot, two_shot, push };
 // (see the top of the file); each rank keeps 3 × ranks mailboxes of this size.
 inline constexpr size_t peer_all_reduce_push_bytes = size_t{64} << 10;
 
+// The largest message (one rank's part, bytes) of all_gather_columns; each rank keeps 3 × ranks
+// mailboxes of this size for it.
+inline constexpr size_t peer_all_gather_bytes = size_t{512} << 10;
+
 // Under AllReduceAlgorithm::automatic, messages of at least this many bytes take the two-shot path.
 // First guesses (two-shot's saving of NVLink bytes grows with the rank count; with 2 ranks both move
 // one message size per rank); tools/all_reduce_bench measures the crossover.
@@ -76,6 +80,7 @@ class PeerAllReduceGroup {
   int size() const { return static_cast<int>(devices_.size()); }
   int device(int rank) const { return devices_.at(static_cast<size_t>(rank)); }
   size_t max_bytes() const { return max_bytes_; }
+  size_t gather_bytes() const { return gather_bytes_; }
   int blocks() const { return blocks_; }
 
  private:
@@ -89,6 +94,8 @@ class PeerAllReduceGroup {
     void* stage = nullptr;       // [2][stage_bytes_]
     void* mailbox = nullptr;     // [3 calls][ranks senders][mailbox_bytes_], the push path's
     void* pushed_mailbox = nullptr;  // [2 calls][ranks senders][mailbox_bytes_], the pushed all-reduce's
+    uint32_t* gather_epochs = nullptr;  // [blocks]: all_gather_columns calls completed, per block
+    void* gather_mailbox = nullptr;     // [3 calls][ranks senders][gather_bytes_], all_gather_columns'
   };
 
   PeerAllReduceGroup(std::vector<int> devices, size_t max_bytes, int blocks);
@@ -98,6 +105,7 @@ class PeerAllReduceGroup {
   size_t max_bytes_;
   size_t stage_bytes_;  // max_bytes_ rounded up to 16-byte packs
   size_t mailbox_bytes_;  // the push path's largest message (peer_all_reduce_push_bytes or max_bytes_)
+  size_t gather_bytes_;   // all_gather_columns' largest part (peer_all_gather_bytes or max_bytes_)
   int blocks_;
   std::vector<RankMemory> memory_;
 };
@@ -122,6 +130,15 @@ class PeerAllReduce {
   // residual stream of tensor-parallel decode). delta is left as it was.
   void all_reduce_add(void* delta, void* residual, size_t n, DType dtype, cudaStream_t stream,
                       AllReduceAlgorithm algorithm = AllReduceAlgorithm::automatic);
+  // out (rows × width bf16) = every rank's `in` (rows × cols bf16) side by side in rank order: rank
+  // q's row r at columns [q·cols, (q+1)·cols) of row r, cut at width (≤ ranks · cols): a
+  // vocabulary-parallel LM head's logits, placed where an all-gather and a copy out of its stack
+  // would put them, in one kernel. Every rank pushes its part into a mailbox of every peer, as the
+  // push all-reduce does (a -0.0 arrives as +0.0, on every rank, the caller's own part included).
+  // cols and width multiples of 8, both pointers 16-byte aligned, rows · cols · 2 ≤ gather_bytes();
+  // every rank of the group calls it with the same rows, cols and width.
+  void all_gather_columns(const void* in, void* out, size_t rows, size_t cols, size_t width, cudaStream_t stream);
+  size_t gather_bytes() const { return group_->gather_bytes(); }
   // This rank's side of the group's pushed all-reduce (engine/pushed_all_reduce.hpp: bf16 messages of
   // at most peer_all_reduce_push_bytes, or max_bytes where smaller), whose mailboxes and call count
   // the group keeps apart from all_reduce's.

@@ -15,6 +15,11 @@
 //                              each call right after a plain all-reduce of other data
 //   GraphReplays               a few calls captured into one CUDA graph per rank, replayed 100 times on
 //                              new inputs, then plain calls again
+//   GathersColumns             all_gather_columns: each rank's part at its columns of every rank's
+//                              output, cut at the width, -0.0 arriving as +0.0, bytes after the output
+//                              untouched; shapes from 8 columns to the mailbox's size (more packs than
+//                              the grid's threads), back to back without a host synchronisation,
+//                              plainly, then replayed in a CUDA graph, then plainly again
 //
 // A rank whose peers never arrive spins in its kernel forever; the watchdog turns such a hang into an
 // abort with a message.
@@ -519,6 +524,24 @@ TEST_F(PeerAllReduceGpuTest, DisjointGroupsAtOnce) {
   if (error_b) std::rethrow_exception(error_b);
 }
 
+// The calls `enqueue` makes on stream s, captured into a CUDA graph, ready to launch.
+struct CapturedCalls {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CapturedCalls(cudaStream_t s, const std::function<void()>& enqueue) {
+    TROUPE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    enqueue();
+    TROUPE_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+    TROUPE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  }
+  ~CapturedCalls() {
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  CapturedCalls(const CapturedCalls&) = delete;
+  CapturedCalls& operator=(const CapturedCalls&) = delete;
+};
+
 // Per rank: a graph of [copy input → tensor, all-reduce tensor] for each call of `calls`, replayed on
 // new inputs; then the same calls without the graph, which must continue the kernels' sequence.
 TEST_F(PeerAllReduceGpuTest, GraphReplays) {
@@ -550,12 +573,7 @@ TEST_F(PeerAllReduceGpuTest, GraphReplays) {
           ranks.handles[r]->all_reduce(tensors[k]->get(), c.n, c.dtype, s, c.algorithm);
         }
       };
-      cudaGraph_t graph;
-      TROUPE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      enqueue_calls();
-      TROUPE_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
-      cudaGraphExec_t exec;
-      TROUPE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      const CapturedCalls captured(s, enqueue_calls);
 
       // Round `replays` runs the calls plainly; the rounds before replay the graph. Every rank runs
       // every round, failed or not: a rank that stopped early would leave its peers waiting.
@@ -570,7 +588,7 @@ TEST_F(PeerAllReduceGpuTest, GraphReplays) {
                                             cudaMemcpyHostToDevice, s));
         }
         if (round < replays)
-          TROUPE_CUDA_CHECK(cudaGraphLaunch(exec, s));
+          TROUPE_CUDA_CHECK(cudaGraphLaunch(captured.exec, s));
         else
           enqueue_calls();
         std::vector<Bytes> got;
@@ -587,10 +605,118 @@ TEST_F(PeerAllReduceGpuTest, GraphReplays) {
                           ", call " + std::to_string(k) + ": " + diff;
         }
       }
-      TROUPE_CUDA_CHECK(cudaGraphExecDestroy(exec));
-      TROUPE_CUDA_CHECK(cudaGraphDestroy(graph));
     });
     for (int r = 0; r < ranks_n; ++r) EXPECT_EQ(failures[r], "") << ranks.describe() << ", rank " << r;
+  }
+}
+
+// One all_gather_columns call: rows × cols on every rank into rows × width.
+struct GatherCase {
+  size_t rows, cols, width;
+  size_t in_bytes() const { return rows * cols * 2; }
+  size_t out_bytes() const { return rows * width * 2; }
+};
+
+// Inputs of rank r with a -0.0 and a +0.0 among them, and what every rank must hold: rank q's row i at
+// columns [q·cols, (q+1)·cols) of row i, up to the width, a -0.0 as +0.0.
+std::vector<Bytes> gather_inputs(int ranks, const GatherCase& c, uint64_t seed) {
+  std::vector<Bytes> inputs = inputs_of(ranks, DType::bf16, c.rows * c.cols, seed);
+  for (int r = 0; r < ranks; ++r) {
+    const uint16_t minus_zero = 0x8000, plus_zero = 0;
+    const size_t n = c.rows * c.cols;
+    std::memcpy(inputs[r].data() + 2 * ((seed + r) % n), &minus_zero, 2);
+    std::memcpy(inputs[r].data() + 2 * ((seed * 7 + r + 1) % n), &plus_zero, 2);
+  }
+  return inputs;
+}
+
+Bytes gathered_columns(const std::vector<Bytes>& inputs, const GatherCase& c) {
+  Bytes out(c.out_bytes());
+  for (size_t i = 0; i < c.rows; ++i)
+    for (size_t j = 0; j < c.width; ++j) {
+      const size_t q = j / c.cols, k = i * c.cols + j % c.cols;
+      uint16_t v;
+      std::memcpy(&v, inputs[q].data() + 2 * k, 2);
+      if (v == 0x8000) v = 0;
+      std::memcpy(out.data() + 2 * (i * c.width + j), &v, 2);
+    }
+  return out;
+}
+
+TEST_F(PeerAllReduceGpuTest, GathersColumns) {
+  test::AllReduceWatchdog watchdog(std::chrono::seconds(240));
+  for (const auto& devices : test_groups()) {
+    Ranks ranks(devices);
+    const size_t R = static_cast<size_t>(ranks.size());
+    const size_t most = ranks.handles[0]->gather_bytes();
+    ASSERT_EQ(most, peer_all_gather_bytes);
+    // A batch-1 step's logits of a 128256-token vocabulary split R ways (one 512-thread pass of the
+    // grid at tp2); a few rows cut inside the last rank's part; one pack a rank; the largest message
+    // (more packs than the grid's threads: each thread takes several).
+    const size_t vocab_cols = (128256 / R + 7) / 8 * 8;
+    const std::vector<GatherCase> cases = {
+        {1, vocab_cols, 128256}, {3, 120, 120 * R - 16}, {1, 8, 8 * R}, {4, most / 8, most / 8 * R}};
+    constexpr int plain_rounds = 8, replays = 40, rounds = plain_rounds + replays + 1;
+    std::vector<std::string> failures(R);
+    {
+      // Bad arguments are refused before anything is launched (one rank alone may make them).
+      DeviceBuffer a(devices[0], 4096), b(devices[0], 4096);
+      const cudaStream_t s0 = ranks.streams[0];
+      PeerAllReduce& rank0 = *ranks.handles[0];
+      EXPECT_THROW(rank0.all_gather_columns(a.get(), b.get(), 1, 12, 24, s0), std::invalid_argument);
+      EXPECT_THROW(rank0.all_gather_columns(a.get(), b.get(), 1, 16, 16 * R + 8, s0), std::invalid_argument);
+      EXPECT_THROW(rank0.all_gather_columns(a.get(), b.get() + 2, 1, 16, 16, s0), std::invalid_argument);
+      EXPECT_THROW(rank0.all_gather_columns(a.get(), b.get(), 1, most / 2 + 8, 8, s0), std::invalid_argument);
+    }
+    on_every_rank(static_cast<int>(R), [&](int r) {
+      TROUPE_CUDA_CHECK(cudaSetDevice(ranks.devices[r]));
+      const cudaStream_t s = ranks.streams[r];
+      std::vector<std::unique_ptr<DeviceBuffer>> ins, outs;
+      for (const GatherCase& c : cases) {
+        ins.push_back(std::make_unique<DeviceBuffer>(ranks.devices[r], c.in_bytes()));
+        outs.push_back(std::make_unique<DeviceBuffer>(ranks.devices[r], c.out_bytes() + guard_bytes));
+      }
+      const auto enqueue_calls = [&] {
+        for (size_t k = 0; k < cases.size(); ++k)
+          ranks.handles[r]->all_gather_columns(ins[k]->get(), outs[k]->get(), cases[k].rows, cases[k].cols,
+                                               cases[k].width, s);
+      };
+      const CapturedCalls captured(s, enqueue_calls);
+      // Every rank runs every round, failed or not: a rank that stopped early would leave its peers
+      // waiting.
+      for (int round = 0; round < rounds; ++round) {
+        std::vector<Bytes> want;
+        for (size_t k = 0; k < cases.size(); ++k) {
+          const GatherCase& c = cases[k];
+          const std::vector<Bytes> inputs = gather_inputs(static_cast<int>(R), c, 7000 + round * 16 + k);
+          want.push_back(gathered_columns(inputs, c));
+          TROUPE_CUDA_CHECK(cudaMemcpyAsync(ins[k]->get(), inputs[r].data(), c.in_bytes(), cudaMemcpyHostToDevice, s));
+          TROUPE_CUDA_CHECK(cudaMemsetAsync(outs[k]->get(), static_cast<int>(guard_value), c.out_bytes() + guard_bytes, s));
+        }
+        const bool replay = round >= plain_rounds && round < plain_rounds + replays;
+        if (replay)
+          TROUPE_CUDA_CHECK(cudaGraphLaunch(captured.exec, s));
+        else
+          enqueue_calls();
+        std::vector<Bytes> got;
+        for (size_t k = 0; k < cases.size(); ++k) {
+          got.emplace_back(cases[k].out_bytes() + guard_bytes);
+          TROUPE_CUDA_CHECK(cudaMemcpyAsync(got[k].data(), outs[k]->get(), got[k].size(), cudaMemcpyDeviceToHost, s));
+        }
+        TROUPE_CUDA_CHECK(cudaStreamSynchronize(s));
+        for (size_t k = 0; k < cases.size() && failures[r].empty(); ++k) {
+          const GatherCase& c = cases[k];
+          const std::string where = std::string(replay ? "replay" : "plain") + " round " + std::to_string(round) +
+                                    ", " + std::to_string(c.rows) + " rows of " + std::to_string(c.cols) +
+                                    " into " + std::to_string(c.width) + ": ";
+          const std::string diff = first_difference(got[k].data(), want[k], DType::bf16);
+          if (!diff.empty()) failures[r] = where + diff;
+          for (size_t i = c.out_bytes(); i < got[k].size() && failures[r].empty(); ++i)
+            if (got[k][i] != guard_value) failures[r] = where + "wrote past the output, byte " + std::to_string(i);
+        }
+      }
+    });
+    for (size_t r = 0; r < R; ++r) EXPECT_EQ(failures[r], "") << ranks.describe() << ", rank " << r;
   }
 }
 
