@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -77,6 +78,15 @@ class Backend {
   // Copies host data into dst, converting between floating types (f32/f16/bf16) when they differ;
   // integer tensors must match exactly. Element counts must match.
   virtual void upload(const HostView& src, const Tensor& dst) = 0;
+  // Several small uploads (a step's inputs), each what upload() makes of it; where the backend can,
+  // in one transfer instead of one each.
+  struct Upload {
+    HostView src;
+    Tensor dst;
+  };
+  virtual void upload_all(std::span<const Upload> uploads) {
+    for (const Upload& u : uploads) upload(u.src, u.dst);
+  }
   // Copies src into host memory as f32 (floating tensors) or as is (integer tensors).
   virtual void download(const Tensor& src, void* dst) = 0;
   virtual void synchronize() = 0;

@@ -41,7 +41,9 @@ class StepInputBuffers {
   Backend& backend_;
   int tokens_ = 0, seqs_ = 0, blocks_ = 0;
   Tensor token_ids_, positions_, slots_, query_start_, context_lens_, block_tables_, logits_, embeds_;
-  std::vector<int32_t> staging_;
+  // Host contents the batch does not hold as they are, kept until the uploads are queued.
+  std::vector<int32_t> local_ids_, tables_;
+  std::vector<Backend::Upload> uploads_;
   uint64_t generation_ = 0;
   StepInputs inputs_;
 };

@@ -96,17 +96,22 @@ StagingRing::~StagingRing() {
   cudaGetLastError();
 }
 
-void StagingRing::copy_to_device(void* dst, const void* src, size_t n, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
+const void* StagingRing::stage(const void* src, size_t n, void* stream) {
   const size_t aligned = (n + 255) / 256 * 256;
   if (head_ + aligned > bytes_) {
-    // Wrapping around: the copies queued from the start of the ring must have read it by now.
-    TROUPE_CUDA_CHECK(cudaStreamSynchronize(s));
+    // Wrapping around: the copies and kernels queued from the start of the ring must have read it by now.
+    TROUPE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
     head_ = 0;
   }
-  std::memcpy(base_ + head_, src, n);
-  TROUPE_CUDA_CHECK(cudaMemcpyAsync(dst, base_ + head_, n, cudaMemcpyHostToDevice, s));
+  std::byte* at = base_ + head_;
+  std::memcpy(at, src, n);
   head_ += aligned;
+  return at;
+}
+
+void StagingRing::copy_to_device(void* dst, const void* src, size_t n, void* stream) {
+  const void* staged = stage(src, n, stream);
+  TROUPE_CUDA_CHECK(cudaMemcpyAsync(dst, staged, n, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)));
 }
 
 }  // namespace troupe::cuda

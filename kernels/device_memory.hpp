@@ -43,6 +43,10 @@ class StagingRing {
   size_t capacity() const { return bytes_; }
   // Copies `n` bytes to the device at `dst` on `stream` through the ring (n ≤ capacity()).
   void copy_to_device(void* dst, const void* src, size_t n, void* stream);
+  // Copies `n` bytes into the ring and returns where (256-byte aligned): pinned memory that kernels
+  // on `stream` may read as it is (every GPU maps pinned host memory at its host address), until
+  // the ring comes round to it again, which waits for the stream's work queued before.
+  const void* stage(const void* src, size_t n, void* stream);
 
  private:
   std::byte* base_ = nullptr;

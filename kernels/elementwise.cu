@@ -269,6 +269,27 @@ void scatter_add_rows(const bf16* src, const int32_t* index, int64_t count, bf16
   }
 }
 
+// ---- copy_words ----------------------------------------------------------------------------------------
+
+namespace {
+
+__global__ void copy_words_kernel(const WordCopies copies) {
+  for (int i = 0; i < copies.count; ++i)
+    for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < copies.words[i];
+         w += static_cast<int64_t>(gridDim.x) * blockDim.x)
+      copies.dst[i][w] = copies.src[i][w];
+}
+
+}  // namespace
+
+void copy_words(const WordCopies& copies, cudaStream_t stream) {
+  int64_t most = 0;
+  for (int i = 0; i < copies.count; ++i) most = std::max(most, copies.words[i]);
+  if (most == 0) return;
+  copy_words_kernel<<<grid_for(most), threads, 0, stream>>>(copies);
+  TROUPE_CUDA_CHECK_LAUNCH(copy_words_kernel);
+}
+
 // ---- unstack_columns --------------------------------------------------------------------------------
 
 namespace {

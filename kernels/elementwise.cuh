@@ -33,6 +33,18 @@ std::size_t scatter_add_rows_scratch_bytes(int64_t count, int64_t out_rows);
 void scatter_add_rows(const __nv_bfloat16* src, const int32_t* index, int64_t count, __nv_bfloat16* out,
                       int64_t out_rows, int64_t width, void* scratch, std::size_t scratch_bytes, cudaStream_t stream);
 
+// Each of the `count` (at most kMaxWordCopies) runs words[i] 4-byte words long from src[i] to dst[i],
+// in one kernel: a step's small inputs read straight from pinned host memory (StagingRing::stage),
+// where one copy each would cost the stream a copy's turn each.
+constexpr int kMaxWordCopies = 8;
+struct WordCopies {
+  const uint32_t* src[kMaxWordCopies];
+  uint32_t* dst[kMaxWordCopies];
+  int64_t words[kMaxWordCopies];
+  int count = 0;
+};
+void copy_words(const WordCopies& copies, cudaStream_t stream);
+
 // out[r, p·cols + c] = stacked[p, r, c] for every column of out (width ≤ parts·cols): the column
 // blocks of a [parts, rows, cols] stack side by side. Any element type of elem_bytes bytes.
 void unstack_columns(const void* stacked, int64_t parts, int64_t rows, int64_t cols, void* out, int64_t width,

@@ -296,6 +296,71 @@ TEST_F(CudaBackendTest, UploadConvertsAndDownloadRoundTrips) {
   EXPECT_THROW(gpu_->upload(HostView{exact.data(), DType::f32, {n}}, i32), std::invalid_argument);
 }
 
+// upload_all: a step's i32 inputs in one kernel from the pinned ring; lists it does not take (more
+// tensors than one kernel copies, a conversion) one upload each. Every tensor is a view with a guard
+// after it; many lists without a synchronisation come round the ring.
+TEST_F(CudaBackendTest, UploadAllCopiesEveryTensor) {
+  constexpr int32_t guard = -7;
+  struct Target {
+    std::vector<int32_t> host;
+    Tensor whole;
+  };
+  auto make_targets = [&](const std::vector<int64_t>& sizes, int32_t seed) {
+    std::vector<Target> targets;
+    for (int64_t n : sizes) {
+      Target t;
+      for (int64_t i = 0; i < n; ++i) t.host.push_back(static_cast<int32_t>((i + 1) * 7919 + seed * 104729));
+      t.whole = ids_on(*gpu_, std::vector<int32_t>(static_cast<size_t>(n + 4), guard));
+      targets.push_back(std::move(t));
+    }
+    return targets;
+  };
+  auto uploads_of = [](const std::vector<Target>& targets) {
+    std::vector<Backend::Upload> uploads;
+    for (const Target& t : targets) {
+      const int64_t n = static_cast<int64_t>(t.host.size());
+      uploads.push_back({HostView{t.host.data(), DType::i32, {n}}, t.whole.rows(0, n)});
+    }
+    return uploads;
+  };
+  auto expect_copied = [&](const std::vector<Target>& targets, const std::string& what) {
+    for (size_t k = 0; k < targets.size(); ++k) {
+      std::vector<int32_t> want = targets[k].host;
+      want.insert(want.end(), 4, guard);
+      std::vector<int32_t> got(want.size());
+      gpu_->download(targets[k].whole, got.data());
+      ASSERT_EQ(got, want) << what << ", tensor " << k;
+    }
+  };
+  const std::vector<int64_t> step = {1, 3, 0, 257, 5000, 2, 64, 1};
+  auto eight = make_targets(step, 1);
+  gpu_->upload_all(uploads_of(eight));
+  expect_copied(eight, "eight tensors");
+  std::vector<int64_t> nine = step;
+  nine.push_back(33);
+  auto more = make_targets(nine, 2);
+  gpu_->upload_all(uploads_of(more));
+  expect_copied(more, "nine tensors");
+
+  // A bf16 tensor among them: converted, as upload() converts.
+  auto mixed = make_targets({5, 9}, 3);
+  const std::vector<float> floats = {1.5f, -2.0f, 0.25f};
+  Tensor b = gpu_->allocate({3}, DType::bf16);
+  std::vector<Backend::Upload> with_floats = uploads_of(mixed);
+  with_floats.push_back({HostView{floats.data(), DType::f32, {3}}, b});
+  gpu_->upload_all(with_floats);
+  expect_copied(mixed, "with a conversion");
+  expect_equal(read(*gpu_, b), floats, "the converted tensor");
+
+  // 600 lists of 16 KiB, then every result: more than the 8 MiB ring holds.
+  std::vector<std::vector<Target>> rounds;
+  for (int r = 0; r < 600; ++r) {
+    rounds.push_back(make_targets({4096, static_cast<int64_t>(r % 5)}, 10 + r));
+    gpu_->upload_all(uploads_of(rounds.back()));
+  }
+  for (size_t r = 0; r < rounds.size(); ++r) expect_copied(rounds[r], "list " + std::to_string(r) + " of 600");
+}
+
 TEST_F(CudaBackendTest, RejectsWrongTensorsAndUnimplementedOps) {
   Tensor f32 = gpu_->allocate({4, 64}, DType::f32);
   Tensor w = gpu_->allocate({64}, DType::bf16);
