@@ -261,6 +261,9 @@ __global__ void __launch_bounds__(threads) push_kernel(Args a) {
     }
     store_output<bf16>(a, p, sum_in_order<bf16, R>(v));
   }
+  // No exchange's barrier came before: without this one, thread 0 could count the call before a
+  // late warp of its block had read the counter (begin_call).
+  __syncthreads();
   end_call(a, epoch);
 }
 
