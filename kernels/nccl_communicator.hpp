@@ -35,7 +35,8 @@ size_t peer_all_reduce_limit_bytes(int ranks);
 
 // Rank `rank` of `size` in the group of `id`, on `backend`'s device and stream (a CUDA backend).
 // Blocks until every member has joined. The backend must outlive the communicator. With `peer`
-// (made for the same devices, in rank order), small all-reduces take the peer all-reduce.
+// (made for the same devices, in rank order), small all-reduces take the peer all-reduce, and
+// gathers_columns' small gathers (a tensor-parallel LM head's logits) its all_gather_columns.
 //
 // Reductions take bf16 or f32; data movement (gathers, all-to-all, send/recv) moves any dtype's
 // bytes. all_gather_counts synchronizes the stream (its result is read on the host).

@@ -63,7 +63,8 @@ constexpr size_t peer_all_reduce_two_shot_bytes(int ranks) {
 
 // The GPUs of one group and the device memory they share: per rank, two staging buffers of
 // max_bytes (calls alternate between them, so that a rank never overwrites data a slower peer may
-// still be reading from the previous call), and flags and sequence counters. Freed when the last
+// still be reading from the previous call), flags and sequence counters, and the mailboxes of the
+// push path, the pushed all-reduce and all_gather_columns. Freed when the last
 // handle goes; by then no call may be in flight.
 class PeerAllReduceGroup {
  public:
