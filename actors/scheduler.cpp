@@ -51,6 +51,16 @@ void admit_next(Self* self, bool allow_empty, OnPlan on_plan) {
       });
 }
 
+// The queue as it is now, with no step's token counts.
+SchedulerMetrics queue_metrics(const SchedulerState& st) {
+  SchedulerMetrics m;
+  m.dp = st.spec.dp_rank;
+  m.running = st.scheduler->num_running();
+  m.waiting = st.scheduler->num_waiting();
+  m.preemptions = st.scheduler->num_preemptions();
+  return m;
+}
+
 void try_schedule(Self* self) {
   SchedulerState& st = self->state;
   if (!st.failure.empty()) return;
@@ -132,6 +142,10 @@ caf::behavior scheduler(Self* self, SchedulerSpec spec) {
       [=](atoms::abort, SeqId id) {
         SchedulerState& st = self->state;
         if (st.scheduler->abort(id)) send_frees(self, {id});
+        // Out of the queue now (it was not in flight): between steps nothing else may come to
+        // report the queue, with no step after this one.
+        if (st.spec.metrics && !st.scheduler->knows(id))
+          self->send(st.spec.metrics, atoms::observe::value, queue_metrics(st));
         // A sequence in flight reports its abort when its step completes.
         auto it = st.requesters.find(id);
         if (it != st.requesters.end() && !st.scheduler->knows(id)) {
@@ -152,11 +166,7 @@ caf::behavior scheduler(Self* self, SchedulerSpec spec) {
         if (!commits.empty()) self->send(st.spec.kv_manager, atoms::commit::value, std::move(commits));
         send_frees(self, std::move(to_free));
         if (st.spec.metrics) {
-          SchedulerMetrics m;
-          m.dp = st.spec.dp_rank;
-          m.running = st.scheduler->num_running();
-          m.waiting = st.scheduler->num_waiting();
-          m.preemptions = st.scheduler->num_preemptions();
+          SchedulerMetrics m = queue_metrics(st);
           for (int32_t c : plan->chunk) m.scheduled_tokens += c;
           for (const SequenceUpdate& u : updates) {
             m.generation_tokens += static_cast<int>(u.tokens.size());

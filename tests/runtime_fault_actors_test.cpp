@@ -12,26 +12,14 @@
 #include "actors/kv_block_manager.hpp"
 #include "actors/pipeline_stage.hpp"
 #include "actors/scheduler.hpp"
+#include "tests/actor_stand_ins.hpp"
 
 namespace troupe {
 namespace {
 
 using namespace std::chrono_literals;
-
-// A worker (or first stage) stuck in a collective: takes steps and never answers them.
-struct SilentState {
-  std::vector<caf::typed_response_promise<StepResult>> held;  // kept: no broken promise answers for it
-  static inline const char* name = "silent";
-};
-
-caf::behavior silent_worker(caf::stateful_actor<SilentState>* self) {
-  return {
-      [=](atoms::run, const PlanPtr&) -> caf::result<StepResult> {
-        self->state.held.push_back(self->make_response_promise<StepResult>());
-        return self->state.held.back();
-      },
-  };
-}
+using test::quiet;
+using test::silent_worker;
 
 caf::behavior failing_worker() {
   return {
@@ -42,12 +30,6 @@ caf::behavior failing_worker() {
         return r;
       },
   };
-}
-
-caf::actor_system_config& quiet(caf::actor_system_config& cfg) {
-  cfg.set("scheduler.max-threads", size_t{2});
-  cfg.set("logger.console", caf::atom("none"));
-  return cfg;
 }
 
 TEST(RuntimeFaultActors, AStageEndsAMicroBatchOnTheFirstErrorWithoutItsSilentPeer) {
@@ -98,13 +80,7 @@ TEST(RuntimeFaultActors, ASchedulerToldTheEngineFailedEndsItsSequencesInFlight) 
     for (SeqId id = 1; id <= 3; ++id)
       self->send(scheduler, atoms::submit::value, SubmitRequest{id, {1, 2, 3, 4, 5}, params, self});
     // Wait until a step holds blocks and is in flight.
-    int in_flight = 0;
-    for (int tries = 0; tries < 200 && in_flight == 0; ++tries) {
-      self->request(scheduler, caf::infinite, atoms::stats::value)
-          .receive([&](const SchedulerStats& s) { in_flight = s.in_flight; }, [](caf::error&) {});
-      if (in_flight == 0) std::this_thread::sleep_for(5ms);
-    }
-    ASSERT_GT(in_flight, 0);
+    ASSERT_GT(test::steps_in_flight(self, scheduler), 0);
 
     const std::string why = "the engine failed: worker 1: fault injected at step 0 (--inject-fault)";
     self->send(scheduler, atoms::fail::value, why);
