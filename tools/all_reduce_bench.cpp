@@ -10,6 +10,10 @@
 // "best/nccl" is the faster of one-shot and two-shot over NCCL (below 1: ours is faster). The crossover
 // between one-shot and two-shot is what peer_all_reduce_two_shot_bytes() should say; where NCCL is
 // faster, the communicator should use NCCL.
+//
+// A second table times the peer all-gather (PeerAllReduce::all_gather_columns: each rank's part of
+// 16 KiB to peer_all_gather_bytes, placed side by side) against ncclAllGather of the same parts into
+// a stack; the communicator would also copy out of NCCL's stack, which is not timed here.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
@@ -63,10 +67,13 @@ struct Options {
   std::string json;
 };
 
+enum class Op { all_reduce, all_gather };
+
 struct Case {
-  size_t bytes;
+  size_t bytes;  // all_gather: one rank's part
   Method method;
   bool graph;
+  Op op = Op::all_reduce;
 };
 
 struct Result {
@@ -78,15 +85,17 @@ struct Result {
 };
 
 const std::vector<size_t> sizes = {size_t{8} << 10, size_t{64} << 10, size_t{512} << 10, size_t{4} << 20};
+const std::vector<size_t> gather_sizes = {size_t{16} << 10, size_t{128} << 10, troupe::cuda::peer_all_gather_bytes};
 
 // One rank's state and its part of every case.
 class Rank {
  public:
   Rank(int device, std::shared_ptr<PeerAllReduceGroup> group, int rank, ncclComm_t comm)
-      : device_(device), rank_(rank), peer_(std::move(group), rank), comm_(comm) {
+      : device_(device), rank_(rank), ranks_(group->size()), peer_(std::move(group), rank), comm_(comm) {
     TROUPE_CUDA_CHECK(cudaSetDevice(device_));
     TROUPE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     TROUPE_CUDA_CHECK(cudaMalloc(&buffer_, sizes.back()));
+    TROUPE_CUDA_CHECK(cudaMalloc(&gathered_, gather_sizes.back() * ranks_));
     TROUPE_CUDA_CHECK(cudaEventCreate(&start_));
     TROUPE_CUDA_CHECK(cudaEventCreate(&stop_));
   }
@@ -96,6 +105,7 @@ class Rank {
     cudaEventDestroy(start_);
     cudaEventDestroy(stop_);
     cudaFree(buffer_);
+    cudaFree(gathered_);
     cudaStreamDestroy(stream_);
   }
   Rank(const Rank&) = delete;
@@ -103,6 +113,13 @@ class Rank {
 
   void call(const Case& c) {
     const size_t n = c.bytes / 2;
+    if (c.op == Op::all_gather) {
+      if (c.method == Method::nccl)
+        NCCL_CHECK(ncclAllGather(buffer_, gathered_, n, ncclBfloat16, comm_, stream_));
+      else
+        peer_.all_gather_columns(buffer_, gathered_, 1, n, n * ranks_, stream_);
+      return;
+    }
     if (c.method == Method::nccl)
       NCCL_CHECK(ncclAllReduce(buffer_, buffer_, n, ncclBfloat16, ncclSum, comm_, stream_));
     else
@@ -112,12 +129,21 @@ class Rank {
                                                       : AllReduceAlgorithm::push);
   }
 
-  // One call on r + 1 everywhere must give 1 + 2 + ... + R (exact in bf16 for R ≤ 8).
+  // One call on r + 1 everywhere must give 1 + 2 + ... + R (exact in bf16 for R ≤ 8); a gather, part q
+  // holding q + 1.
   bool check(const Case& c, int ranks) {
     const size_t n = c.bytes / 2;
     std::vector<uint16_t> host(n, troupe::f32_to_bf16(static_cast<float>(rank_ + 1)));
     TROUPE_CUDA_CHECK(cudaMemcpyAsync(buffer_, host.data(), c.bytes, cudaMemcpyHostToDevice, stream_));
     call(c);
+    if (c.op == Op::all_gather) {
+      std::vector<uint16_t> all(n * ranks);
+      TROUPE_CUDA_CHECK(cudaMemcpyAsync(all.data(), gathered_, all.size() * 2, cudaMemcpyDeviceToHost, stream_));
+      TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      for (size_t i = 0; i < all.size(); ++i)
+        if (all[i] != troupe::f32_to_bf16(static_cast<float>(i / n + 1))) return false;
+      return true;
+    }
     TROUPE_CUDA_CHECK(cudaMemcpyAsync(host.data(), buffer_, c.bytes, cudaMemcpyDeviceToHost, stream_));
     TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     const uint16_t want = troupe::f32_to_bf16(static_cast<float>(ranks * (ranks + 1) / 2));
@@ -158,10 +184,12 @@ class Rank {
  private:
   int device_;
   int rank_;
+  int ranks_;
   PeerAllReduce peer_;
   ncclComm_t comm_;
   cudaStream_t stream_ = nullptr;
   void* buffer_ = nullptr;
+  void* gathered_ = nullptr;  // ranks × the largest gather part
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
 };
 
@@ -176,6 +204,9 @@ std::vector<Result> bench_group(const std::vector<int>& devices, const Options& 
     for (bool graph : {false, true})
       for (Method m : {Method::one_shot, Method::two_shot, Method::push, Method::nccl})
         if (m != Method::push || bytes <= troupe::cuda::peer_all_reduce_push_bytes) cases.push_back({bytes, m, graph});
+  for (size_t bytes : gather_sizes)
+    for (bool graph : {false, true})
+      for (Method m : {Method::push, Method::nccl}) cases.push_back({bytes, m, graph, Op::all_gather});
   // us[case][rank], ok[case][rank]
   std::vector<std::vector<double>> us(cases.size(), std::vector<double>(devices.size()));
   std::vector<std::vector<char>> ok(cases.size(), std::vector<char>(devices.size()));
@@ -216,8 +247,11 @@ std::string size_name(size_t bytes) {
   return bytes >= (size_t{1} << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes >> 10) + " KiB";
 }
 
-// One row per (size, launch): the cases of bench_group in order, the push path's only where it runs.
-void print_table(const std::vector<Result>& results) {
+// One row per (size, launch): the cases of bench_group in order, the push path's only where it runs;
+// then the gathers, a row per (part size, launch).
+void print_table(const std::vector<Result>& all) {
+  std::vector<Result> results, gathers;
+  for (const Result& r : all) (r.c.op == Op::all_gather ? gathers : results).push_back(r);
   std::printf("\n%5s %8s %6s %12s %12s %12s %12s %10s %12s\n", "ranks", "size", "launch", "one-shot us", "two-shot us",
               "push us", "nccl us", "best/nccl", "best busbw");
   for (size_t i = 0; i < results.size();) {
@@ -236,6 +270,15 @@ void print_table(const std::vector<Result>& results) {
                 one.c.graph ? "graph" : "plain", one.us_slowest, two.us_slowest,
                 push ? std::to_string(push->us_slowest).substr(0, 6).c_str() : "-", nccl.us_slowest,
                 best / nccl.us_slowest, busbw, correct ? "" : "   WRONG RESULT (see json)");
+  }
+  std::printf("\n%5s %10s %6s %14s %14s %11s\n", "ranks", "part", "launch", "peer gather us", "nccl gather us",
+              "peer/nccl");
+  for (size_t i = 0; i + 1 < gathers.size(); i += 2) {
+    const Result& peer = gathers[i];
+    const Result& nccl = gathers[i + 1];
+    std::printf("%5d %10s %6s %14.2f %14.2f %11.2f%s\n", peer.ranks, size_name(peer.c.bytes).c_str(),
+                peer.c.graph ? "graph" : "plain", peer.us_slowest, nccl.us_slowest, peer.us_slowest / nccl.us_slowest,
+                peer.correct && nccl.correct ? "" : "   WRONG RESULT (see json)");
   }
 }
 
@@ -303,6 +346,7 @@ int main(int argc, char** argv) {
                   troupe::cuda::peer_all_reduce_two_shot_bytes(g));
       for (const Result& r : results)
         rows.push_back(boost::json::object{{"ranks", r.ranks},
+                                           {"op", r.c.op == Op::all_gather ? "all_gather" : "all_reduce"},
                                            {"bytes", r.c.bytes},
                                            {"method", method_name(r.c.method)},
                                            {"launch", r.c.graph ? "graph" : "plain"},
