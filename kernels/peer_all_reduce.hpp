@@ -51,7 +51,8 @@ enum class AllReduceAlgorithm { automatic, one_shot, two_shot, push };
 inline constexpr size_t peer_all_reduce_push_bytes = size_t{64} << 10;
 
 // The largest message (one rank's part, bytes) of all_gather_columns; each rank keeps 3 × ranks
-// mailboxes of this size for it.
+// mailboxes of this size for it. On 2 and 4 H200s the gather took 0.37–0.70 of ncclAllGather's time
+// at 16 KiB to this size (tools/all_reduce_bench, docs/benchmarks.md); larger parts were not measured.
 inline constexpr size_t peer_all_gather_bytes = size_t{512} << 10;
 
 // Under AllReduceAlgorithm::automatic, messages of at least this many bytes take the two-shot path.
