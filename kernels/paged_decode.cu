@@ -458,12 +458,19 @@ void launch(const AttentionArgs& a, const RopeStoreArgs& rope, cudaStream_t stre
     p.num_splits = kClusterSplits;
     p.split_keys = 0;  // each sequence's own, in the kernel
     const dim3 grid(kClusterSplits, static_cast<unsigned>(a.num_kv_heads * p.row_tiles), static_cast<unsigned>(a.num_seqs));
-    // Deep stages where a CTA may hold more than one tile of keys and the grid fills at most half the
+    // Deep stages where a CTA may hold more than two tiles of keys and the grid fills at most half the
     // SMs. An H100, qwen3-0.6b at batch 1 with graphs sized for 40960 keys (as troupe serve's): context
     // 2048 0.962 ms a step with five stages, 1.057 with three, 1.072 with two; context 256 0.838, 0.821,
     // 0.823 (`troupe bench decode --graph-context`); two sequences' 128 CTAs at 2048, when clusters took
-    // them, 1.70 with five, 1.46 with two.
-    if (deep_stages() && a.max_context_len > kClusterSplits * kTileKeys && 2 * ctas * kClusterSplits <= a.sm_count)
+    // them, 1.70 with five, 1.46 with two. With at most two tiles a CTA there is nothing more to copy
+    // early, and the five stages' shared memory only keeps the next kernel's CTAs off the SMs: llama-3.1-8b
+    // at context 512–656 (graphs sized for 656) on two 4 × H200 machines, tp1 4.367 -> 4.343 and 4.330 ->
+    // 4.281 ms, tp2 2.608 -> 2.583 and 2.610 -> 2.580, tp4 1.706 -> 1.694 and 1.703 -> 1.691 with two
+    // stages (docs/benchmarks.md). TROUPE_ATTN_DEEP_TILES sets the tiles a CTA must be able to hold
+    // for five stages (2: the earlier rule), to measure.
+    static const int64_t deep_tiles = switch_value("TROUPE_ATTN_DEEP_TILES", 3);
+    if (deep_stages() && a.max_context_len > (deep_tiles - 1) * kClusterSplits * kTileKeys &&
+        2 * ctas * kClusterSplits <= a.sm_count)
       launch_stages<D, kDeepStages, true, R>(grid, p, stream);
     else
       launch_stages<D, kDecodeStages, true, R>(grid, p, stream);

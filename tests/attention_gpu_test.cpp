@@ -744,10 +744,10 @@ const HeadShape rope_in_decode_shapes[] = {{32, 8, 128}, {8, 2, 128}, {16, 4, 12
                                            {32, 8, 64},  {8, 2, 64},  {16, 4, 64},  {16, 16, 64}};
 
 TEST_F(RopeInDecodeAttention, OneSequenceIsTheTwoOpsBitForBit) {
-  // On an H100 or H200 (132 SMs): 1 to 300 keys take two stages, the newest key in the first tile of
-  // its cluster CTA; 513 to 3000 take five stages (16 kv heads: two), the newest key in the fourth
-  // tile at 2000 (copied before the wait) and the fifth at 3000 (copied by the loop); sized for 4096,
-  // 300 keys take five stages.
+  // On an H100 or H200 (132 SMs): 1 to 513 keys take two stages, the newest key in the first tile of
+  // its cluster CTA (the second at 513); 2000 and 3000 take five stages (16 kv heads: two), the newest
+  // key in the fourth tile at 2000 (copied before the wait) and the fifth at 3000 (copied by the loop);
+  // sized for 4096, 300 keys take five stages.
   uint32_t seed = 1500;
   for (const HeadShape& h : rope_in_decode_shapes) {
     for (int context : {1, 63, 64, 65, 300, 513, 2000, 3000}) check(h, {context}, false, seed++);
