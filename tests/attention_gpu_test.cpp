@@ -745,7 +745,7 @@ const HeadShape rope_in_decode_shapes[] = {{32, 8, 128}, {8, 2, 128}, {16, 4, 12
 
 TEST_F(RopeInDecodeAttention, OneSequenceIsTheTwoOpsBitForBit) {
   // On an H100 or H200 (132 SMs): 1 to 513 keys take two stages, the newest key in the first tile of
-  // its cluster CTA (the second at 513); 2000 and 3000 take five stages (16 kv heads: two), the newest
+  // its cluster CTA; 2000 and 3000 take five stages (16 kv heads: two), the newest
   // key in the fourth tile at 2000 (copied before the wait) and the fifth at 3000 (copied by the loop);
   // sized for 4096, 300 keys take five stages.
   uint32_t seed = 1500;
