@@ -3,7 +3,6 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -133,10 +132,10 @@ class NcclCommunicator final : public Communicator {
   // tensor-parallel LM head's logits (TROUPE_PEER_ALL_GATHER=0 keeps NCCL's all-gather and the copy
   // out of its stack, to measure).
   bool gathers_columns(const Tensor& in, const Tensor& out) const override {
-    auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()) % 16 == 0; };
     return peer_ && gather_columns_ && in.dtype() == DType::bf16 && out.dtype() == DType::bf16 && in.rank() == 2 &&
-           out.rank() == 2 && in.size(0) == out.size(0) && in.size(1) % 8 == 0 && out.size(1) % 8 == 0 &&
-           out.size(1) <= size_ * in.size(1) && in.nbytes() <= peer_->gather_bytes() && aligned(in) && aligned(out);
+           out.rank() == 2 && in.size(0) == out.size(0) &&
+           peer_->gathers_columns(in.data(), out.data(), static_cast<size_t>(in.size(0)),
+                                  static_cast<size_t>(in.size(1)), static_cast<size_t>(out.size(1)));
   }
 
   void all_gather_columns(const Tensor& in, const Tensor& out) override {

@@ -78,12 +78,15 @@ void launch(const GatherArgs& a, int blocks, cudaStream_t stream) {
 
 }  // namespace
 
+bool PeerAllReduce::gathers_columns(const void* in, const void* out, size_t rows, size_t cols, size_t width) const {
+  return cols % 8 == 0 && width % 8 == 0 && width <= cols * static_cast<size_t>(group_->size()) &&
+         rows * cols * sizeof(bf16) <= group_->gather_bytes_ && is_aligned(in, 16) && is_aligned(out, 16);
+}
+
 void PeerAllReduce::all_gather_columns(const void* in, void* out, size_t rows, size_t cols, size_t width,
                                        cudaStream_t stream) {
   const int ranks = group_->size();
-  const size_t bytes = rows * cols * sizeof(bf16);
-  if (cols % 8 != 0 || width % 8 != 0 || width > cols * static_cast<size_t>(ranks) || bytes > group_->gather_bytes_ ||
-      !is_aligned(in, 16) || !is_aligned(out, 16))
+  if (!gathers_columns(in, out, rows, cols, width))
     throw std::invalid_argument("peer all-gather: " + std::to_string(rows) + " rows of " + std::to_string(cols) +
                                 " bf16 into rows of " + std::to_string(width) +
                                 " (multiples of 8, width at most ranks × cols, 16-byte aligned, at most " +

@@ -140,6 +140,8 @@ class PeerAllReduce {
   // cols and width multiples of 8, both pointers 16-byte aligned, rows · cols · 2 ≤ gather_bytes();
   // every rank of the group calls it with the same rows, cols and width.
   void all_gather_columns(const void* in, void* out, size_t rows, size_t cols, size_t width, cudaStream_t stream);
+  // Whether all_gather_columns takes these arguments (it throws std::invalid_argument where not).
+  bool gathers_columns(const void* in, const void* out, size_t rows, size_t cols, size_t width) const;
   size_t gather_bytes() const { return group_->gather_bytes(); }
   // This rank's side of the group's pushed all-reduce (engine/pushed_all_reduce.hpp: bf16 messages of
   // at most peer_all_reduce_push_bytes, or max_bytes where smaller), whose mailboxes and call count
