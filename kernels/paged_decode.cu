@@ -71,6 +71,7 @@ struct DecodeParams {
   float* partial_out;  // [num_seqs, num_heads, num_splits, D], when num_splits > 1
   float* partial_ml;   // [num_seqs, num_heads, num_splits, 2]: max (log2 units) and sum
   uint32_t* counters;  // [num_seqs, num_kv_heads · row_tiles]: splits finished; zero between launches
+  int push_rows;       // CLUSTER: rows of a partial's slot in CTA 0 (push_combine_bytes); 0: combine_cluster
   RopeStoreArgs rope;  // with DecodeRope::rotate or norm_rotate: the rope_store_kv this kernel does
 };
 
@@ -145,6 +146,55 @@ __device__ void combine_cluster(const DecodeParams& p, float* cluster_o, float* 
   cluster.sync();
 }
 
+// CLUSTER, the combine in CTA 0 (push_rows > 0): after the K/V stages, CTA 0's shared memory holds an
+// mbarrier and a slot per CTA of the cluster for its partial ([N][rows][D] outputs, then [N][rows]
+// (max, sum) pairs). The other CTAs store their partials into their slots with st.async, which
+// completes bytes on that barrier, and leave; CTA 0 waits on it alone and merges in split order, as
+// combine_cluster does (the same bits), without the two cluster-wide barriers and the remote reads.
+template <int D>
+constexpr int push_combine_bytes(int rows) {
+  return 16 + kClusterSplits * rows * (D + 2) * static_cast<int>(sizeof(float));
+}
+
+__device__ __forceinline__ uint32_t cluster_address(uint32_t local, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+  return remote;
+}
+__device__ __forceinline__ void store_async(uint32_t remote, float4 v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(
+                   remote),
+               "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(remote_bar)
+               : "memory");
+}
+__device__ __forceinline__ void store_async(uint32_t remote, float2 v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];" ::"r"(remote),
+               "f"(v.x), "f"(v.y), "r"(remote_bar)
+               : "memory");
+}
+// Every thread of every CTA of the cluster arrives once and waits once: here only so that CTA 0's
+// barrier is initialised before any other CTA stores to it.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+__device__ __forceinline__ void push_barrier_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void push_barrier_expect(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void push_barrier_wait(uint64_t* bar) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, "
+        "0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_u32(bar))
+        : "memory");
+  } while (!done);
+}
+
 template <int D, int S>
 constexpr int decode_smem_bytes = (16 + S * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
 
@@ -207,6 +257,16 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   if constexpr (kRope) {
     rope_token = p.query_start[seq];
     new_token.load_constants(p.rope, rope_token);
+  }
+  // CTA 0's push-combine barrier, initialised while the kernel before still runs.
+  [[maybe_unused]] uint64_t* const push_bar = reinterpret_cast<uint64_t*>(smem + decode_smem_bytes<D, S>);
+  [[maybe_unused]] float* const push_o = reinterpret_cast<float*>(smem + decode_smem_bytes<D, S> + 16);
+  [[maybe_unused]] float* const push_ml = push_o + kClusterSplits * p.push_rows * D;
+  if constexpr (CLUSTER) {
+    if (p.push_rows > 0) {
+      if (split == 0 && threadIdx.x == 0) push_barrier_init(push_bar);
+      cluster_arrive();
+    }
   }
   let_next_kernel_start();
   wait_for_previous_kernel();
@@ -311,6 +371,9 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
       red_o[(warp * 16 + quad_row + 8 * (e >> 1)) * D + j * 8 + quad * 2 + (e & 1)] = acc.o[j][e];
   }
   __syncthreads();
+  if constexpr (CLUSTER) {
+    if (p.push_rows > 0) cluster_wait();  // CTA 0's barrier is initialised (long since)
+  }
 
   for (int c = threadIdx.x; c < 16 * (D / 4); c += kThreads) {
     const int row = c / (D / 4), col = (c % (D / 4)) * 4;
@@ -332,8 +395,21 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
     }
     const int head = kv_head * p.group + g0 + row;
     if constexpr (CLUSTER) {
-      *reinterpret_cast<float4*>(cluster_o + row * D + col) = make_float4(o[0], o[1], o[2], o[3]);
-      if (col == 0) *reinterpret_cast<float2*>(cluster_ml + row * 2) = make_float2(m_all, l);
+      if (p.push_rows > 0) {
+        float* const slot_o = push_o + (split * p.push_rows + row) * D + col;
+        float* const slot_ml = push_ml + (split * p.push_rows + row) * 2;
+        if (split == 0) {
+          *reinterpret_cast<float4*>(slot_o) = make_float4(o[0], o[1], o[2], o[3]);
+          if (col == 0) *reinterpret_cast<float2*>(slot_ml) = make_float2(m_all, l);
+        } else {
+          const uint32_t bar = cluster_address(smem_u32(push_bar), 0);
+          store_async(cluster_address(smem_u32(slot_o), 0), make_float4(o[0], o[1], o[2], o[3]), bar);
+          if (col == 0) store_async(cluster_address(smem_u32(slot_ml), 0), make_float2(m_all, l), bar);
+        }
+      } else {
+        *reinterpret_cast<float4*>(cluster_o + row * D + col) = make_float4(o[0], o[1], o[2], o[3]);
+        if (col == 0) *reinterpret_cast<float2*>(cluster_ml + row * 2) = make_float2(m_all, l);
+      }
     } else if (p.num_splits == 1) {
       store_normalised(p.out + token * p.out_stride + static_cast<int64_t>(head) * D + col,
                        make_float4(o[0], o[1], o[2], o[3]), l);
@@ -345,6 +421,25 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   }
   clock_mark(4);
   if constexpr (CLUSTER) {
+    if (p.push_rows > 0) {
+      if (split != 0) return;  // its partial is on its way to CTA 0
+      if (threadIdx.x == 0)
+        push_barrier_expect(push_bar, static_cast<uint32_t>((kClusterSplits - 1) * rows * (D + 2) * sizeof(float)));
+      push_barrier_wait(push_bar);
+      __syncthreads();  // this CTA's own partial, stored by its threads above
+      for (int c = threadIdx.x; c < rows * (D / 4); c += kThreads) {
+        const int row = c / (D / 4), col = (c % (D / 4)) * 4;
+        SplitMerge merge;
+#pragma unroll
+        for (int i = 0; i < kClusterSplits; ++i)
+          merge.add(*reinterpret_cast<const float2*>(push_ml + (i * p.push_rows + row) * 2),
+                    *reinterpret_cast<const float4*>(push_o + (i * p.push_rows + row) * D + col));
+        store_normalised(p.out + token * p.out_stride + static_cast<int64_t>(kv_head * p.group + g0 + row) * D + col,
+                         merge.o, merge.l);
+      }
+      clock_mark(5);
+      return;
+    }
     combine_cluster<D, kClusterSplits>(p, cluster_o, cluster_ml, kv_head * p.group + g0, rows, token);
     clock_mark(5);
     return;
@@ -410,22 +505,57 @@ bool deep_stages() {
   return on;
 }
 
-// paged_decode_kernel<D, S, CLUSTER, R> may take the shared memory of S stages on this device.
+// TROUPE_ATTN_PUSH_COMBINE=0 combines a cluster's partials with combine_cluster, to measure.
+bool push_combine() {
+  static const bool on = switched_on("TROUPE_ATTN_PUSH_COMBINE");
+  return on;
+}
+
+// Dynamic shared memory a block may opt into on this device, less a margin for the kernel's static
+// shared memory (a flag).
+int shared_memory_optin() {
+  static std::atomic<int> bytes{0};
+  if (bytes.load(std::memory_order_relaxed) == 0) {
+    int device = 0, optin = 0;
+    TROUPE_CUDA_CHECK(cudaGetDevice(&device));
+    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    bytes.store(optin - 1024, std::memory_order_relaxed);
+  }
+  return bytes.load(std::memory_order_relaxed);
+}
+
+// Shared memory of paged_decode_kernel<D, S, CLUSTER>: the stages, and with CLUSTER room for the
+// largest push combine (16 rows) where the device has it.
+template <int D, int S, bool CLUSTER>
+int granted_smem_bytes() {
+  return CLUSTER ? std::min(shared_memory_optin(), decode_smem_bytes<D, S> + push_combine_bytes<D>(16))
+                 : decode_smem_bytes<D, S>;
+}
+
+// paged_decode_kernel<D, S, CLUSTER, R> may take granted_smem_bytes on this device.
 template <int D, int S, bool CLUSTER, DecodeRope R = DecodeRope::none>
 void allow_stages() {
   static std::atomic<uint64_t> granted{0};
-  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, S, CLUSTER, R>), decode_smem_bytes<D, S>,
-                      granted);
+  allow_shared_memory(reinterpret_cast<const void*>(&paged_decode_kernel<D, S, CLUSTER, R>),
+                      granted_smem_bytes<D, S, CLUSTER>(), granted);
 }
 
 // paged_decode_kernel<D, S, CLUSTER, R> on `grid` (in clusters of grid.x CTAs with CLUSTER), with the
-// shared memory of S stages.
+// shared memory of S stages, and with CLUSTER of CTA 0's slots for the push combine where they fit.
 template <int D, int S, bool CLUSTER, DecodeRope R>
-void launch_stages(dim3 grid, const DecodeParams& p, cudaStream_t stream) {
+void launch_stages(dim3 grid, DecodeParams p, cudaStream_t stream) {
   allow_stages<D, S, CLUSTER, R>();
+  int smem = decode_smem_bytes<D, S>;
+  p.push_rows = 0;
+  if (CLUSTER && push_combine()) {
+    const int rows = std::min(16, p.group);
+    if (decode_smem_bytes<D, S> + push_combine_bytes<D>(rows) <= granted_smem_bytes<D, S, CLUSTER>()) {
+      p.push_rows = rows;
+      smem += push_combine_bytes<D>(rows);
+    }
+  }
   launch_overlapped_clusters<paged_decode_kernel<D, S, CLUSTER, R>>(grid, CLUSTER ? grid.x : 1, dim3(kThreads),
-                                                                    static_cast<size_t>(decode_smem_bytes<D, S>),
-                                                                    stream, p);
+                                                                    static_cast<size_t>(smem), stream, p);
   TROUPE_CUDA_CHECK_LAUNCH(paged_decode_kernel);
 }
 
