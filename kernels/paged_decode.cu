@@ -7,7 +7,8 @@
 // warps take 16 keys each of a tile, keep separate online-softmax states, and merge them at the end.
 //
 // A step of one sequence (batch-1 decode) splits its context over a thread-block cluster of 8 CTAs
-// that combine through distributed shared memory (CLUSTER below).
+// that combine through distributed shared memory (CLUSTER below): each stores its partial into a slot
+// of CTA 0's shared memory and leaves, and CTA 0 merges them (push_combine_bytes).
 //
 // A long context with few sequences would leave most SMs idle, so the context is split (FlashDecoding):
 // grid.x CTAs take consecutive ranges of split_keys keys, write unnormalised partial outputs with their
@@ -117,9 +118,10 @@ __device__ void combine_splits(const DecodeParams& p, int seq, int first_head, i
   }
 }
 
-// CLUSTER: once every CTA of the cluster has its partial in shared memory, CTA r combines the
-// elements r, r + n, … of the group's rows × D / 4 float4 columns, merging the n partials in split
-// order (SplitMerge); then all wait again, so that no CTA leaves while another
+// CLUSTER where CTA 0 has no room for the push combine's slots (a group of 16 heads with five stages),
+// or with TROUPE_ATTN_PUSH_COMBINE=0: once every CTA of the cluster has its partial in shared memory,
+// CTA r combines the elements r, r + n, … of the group's rows × D / 4 float4 columns, merging the n
+// partials in split order (SplitMerge); then all wait again, so that no CTA leaves while another
 // still reads its shared memory.
 template <int D, int N>
 __device__ void combine_cluster(const DecodeParams& p, float* cluster_o, float* cluster_ml, int first_head, int rows,
@@ -151,6 +153,8 @@ __device__ void combine_cluster(const DecodeParams& p, float* cluster_o, float* 
 // (max, sum) pairs). The other CTAs store their partials into their slots with st.async, which
 // completes bytes on that barrier, and leave; CTA 0 waits on it alone and merges in split order, as
 // combine_cluster does (the same bits), without the two cluster-wide barriers and the remote reads.
+// llama-3.1-8b's batch-1 step on 4 × H200 (context 512, two alternations): tp1 4.242 -> 4.208 ms, tp2
+// 2.564 -> 2.543, tp4 1.691 -> 1.665 (docs/benchmarks.md, eleventh session).
 template <int D>
 constexpr int push_combine_bytes(int rows) {
   return 16 + kClusterSplits * rows * (D + 2) * static_cast<int>(sizeof(float));
