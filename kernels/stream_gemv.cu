@@ -188,16 +188,26 @@ int sm_count() {
   return count.load(std::memory_order_relaxed);
 }
 
-// SMs a launch leaves without a CTA: one for the projections that do not follow a SwiGLU (gate_up, the
-// LM head), so that their one wave never waits for the last CTA of the kernel before it (the down
-// projection before the next layer's gate_up ends unevenly, and at tp2 the gather before gate_up holds
-// an SM: its 120 KB kept one of gate_up's 132 CTAs off until it ended). llama-3.1-8b's batch-1 step
-// on 4 × H200, two alternations: tp1 4.254 -> 4.235 ms, tp2 2.561 -> 2.551, tp4 1.667 -> 1.667; a
-// spare SM for the down projections as well cost tp4 9 µs and gained nothing elsewhere, two cost
-// more. TROUPE_STREAM_GEMV_SPARE_OTHER and _DOWN set them, to measure.
+// SMs a launch leaves without a CTA: at least one for the projections that do not follow a SwiGLU
+// (gate_up, the LM head), so that their one wave never waits for the last CTA of the kernel before it
+// (the down projection before the next layer's gate_up ends unevenly, and at tp2 the gather before
+// gate_up holds an SM: its 120 KB kept one of gate_up's 132 CTAs off until it ended). llama-3.1-8b's
+// batch-1 step on 4 × H200, two alternations: tp1 4.254 -> 4.235 ms, tp2 2.561 -> 2.551, tp4 1.667 ->
+// 1.667; a spare SM for the down projections as well cost tp4 9 µs and gained nothing elsewhere, two
+// cost more. TROUPE_STREAM_GEMV_SPARE_OTHER and _DOWN set them, to measure.
 int64_t spare_other_sms() {
   static const int64_t spare = std::clamp<int64_t>(switch_value("TROUPE_STREAM_GEMV_SPARE_OTHER", 1), 0, 8);
   return spare;
+}
+// Those projections also take the fewest CTAs that give the warps as many rows as the spare SMs
+// leave them (tp2's 14336-row gate_up: 128 CTAs of 7 rows a warp instead of 131, some of whose warps
+// had 6), which frees SMs and costs no time: their slowest warp has as many rows as before. 4 × H200:
+// tp2 2.514 -> 2.509 ms (two alternations) and 2.528 -> 2.523 (another machine), tp1 4.183 -> 4.184
+// and 4.190 -> 4.193, tp4 1.664 -> 1.664 and 1.661 -> 1.663; the same for the down projections cost
+// tp1 8 µs and tp4 19. TROUPE_STREAM_GEMV_BALANCED=0 turns it off, to measure.
+bool balanced_grids() {
+  static const bool on = switched_on("TROUPE_STREAM_GEMV_BALANCED");
+  return on;
 }
 int64_t spare_down_sms() {
   static const int64_t spare = std::clamp<int64_t>(switch_value("TROUPE_STREAM_GEMV_SPARE_DOWN", 0), 0, 8);
@@ -225,7 +235,11 @@ void launch(const Params& p, cudaStream_t stream) {
   });
   // One wave: a CTA per SM but the spare ones (fewer where there are fewer rows than warps).
   const int64_t spare = IN == GemvInput::silu_mul ? spare_down_sms() : spare_other_sms();
-  const int64_t ctas = std::min<int64_t>(sm_count() - spare, (p.n + kStreamWarps - 1) / kStreamWarps);
+  int64_t ctas = std::min<int64_t>(sm_count() - spare, (p.n + kStreamWarps - 1) / kStreamWarps);
+  if (IN != GemvInput::silu_mul && balanced_grids()) {
+    const int64_t rows_per_warp = (p.n + ctas * kStreamWarps - 1) / (ctas * kStreamWarps);
+    ctas = (p.n + rows_per_warp * kStreamWarps - 1) / (rows_per_warp * kStreamWarps);
+  }
   launch_overlapped<stream_gemv_kernel<IN, OUT>>(dim3(static_cast<unsigned>(ctas)), dim3(kStreamThreads), smem, stream,
                                                  p, chunk, early_chunks());
   TROUPE_CUDA_CHECK_LAUNCH(stream_gemv_kernel);
