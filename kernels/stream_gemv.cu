@@ -266,6 +266,25 @@ void launch_stream_gemv(const Params& p, GemvInput in, Out out, cudaStream_t str
 
 }  // namespace gemv
 
+namespace {
+
+// Weight shapes "NxK,…" named by an environment variable, to measure.
+class ShapeList {
+ public:
+  explicit ShapeList(const char* variable) {
+    const char* v = std::getenv(variable);
+    if (v) list_ = "," + std::string(v) + ",";
+  }
+  bool holds(int64_t n, int64_t k) const {
+    return !list_.empty() && list_.find("," + std::to_string(n) + "x" + std::to_string(k) + ",") != std::string::npos;
+  }
+
+ private:
+  std::string list_;
+};
+
+}  // namespace
+
 // One token, k a multiple of 256 whose input fits shared memory beside the stages, and either a
 // SwiGLU input (the down projection) of at least 16 MiB or a weight above the register kernel's
 // 64 MiB (where the alternative is cuBLASLt and a kernel of its own for the norm or the SwiGLU) with
@@ -276,23 +295,18 @@ void launch_stream_gemv(const Params& p, GemvInput in, Out out, cudaStream_t str
 // (tp2's 117 MB gate_up by 105 µs a step, its down by 58), while a streamed qkv, o or tp4's 56 MiB
 // gate_up lengthened it (tp4's gate_up by 107 µs): a CTA's 128 KB of stages keeps the next kernel's
 // CTAs (the attention's, the down projection's) from starting beside it, where the register kernel's
-// leave them room. TROUPE_STREAM_GEMV_MB sets the SwiGLU threshold (0: never stream), to measure.
+// leave them room. (With the attention's two stages at short contexts, tp1's 6144 × 4096 qkv streamed
+// gained 42 µs a step in the bench, but lost 15 where the graphs are sized as troupe serve sizes them,
+// five stages: not taken; docs/benchmarks.md, eleventh session.) TROUPE_STREAM_GEMV_MB sets the
+// SwiGLU threshold (0: never stream), to measure.
 bool stream_gemv_takes(int64_t tokens, int64_t n, int64_t k, GemvInput input) {
   static const int64_t min_bytes = switch_value("TROUPE_STREAM_GEMV_MB", 16) << 20;
   if (min_bytes <= 0 || tokens != 1 || k % 256 != 0 || k > 24576) return false;
-  // TROUPE_STREAM_GEMV_SKIP="NxK,…": shapes kept on the register kernel, to measure one at a time.
-  static const std::string skip = [] {
-    const char* v = std::getenv("TROUPE_STREAM_GEMV_SKIP");
-    return v ? "," + std::string(v) + "," : std::string();
-  }();
-  if (!skip.empty() && skip.find("," + std::to_string(n) + "x" + std::to_string(k) + ",") != std::string::npos)
-    return false;
-  static const std::string take = [] {
-    const char* v = std::getenv("TROUPE_STREAM_GEMV_TAKE");
-    return v ? "," + std::string(v) + "," : std::string();
-  }();
-  if (!take.empty() && take.find("," + std::to_string(n) + "x" + std::to_string(k) + ",") != std::string::npos)
-    return true;
+  // TROUPE_STREAM_GEMV_SKIP="NxK,…": shapes kept on the register kernel; TROUPE_STREAM_GEMV_TAKE:
+  // shapes streamed; to measure one at a time.
+  static const ShapeList skip("TROUPE_STREAM_GEMV_SKIP"), take("TROUPE_STREAM_GEMV_TAKE");
+  if (skip.holds(n, k)) return false;
+  if (take.holds(n, k)) return true;
   const int64_t bytes = n * k * 2;
   return (bytes > (kGemvMaxWeightMiB << 20) && k >= 4096) || (input == GemvInput::silu_mul && bytes >= min_bytes);
 }
