@@ -57,7 +57,8 @@ def run(troupe, model, tp, env, bench_args, timeout):
         return None, f"timed out after {timeout} s"
     output = done.stdout + done.stderr
     ms = step_ms(output) if done.returncode == 0 else None
-    return ms, None if ms is not None else f"rc={done.returncode}: {output.strip().splitlines()[-1:] or ''}"
+    last = output.strip().splitlines()[-1] if output.strip() else "no output"
+    return ms, None if ms is not None else f"rc={done.returncode}: {last}"
 
 
 def main():
