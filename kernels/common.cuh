@@ -178,6 +178,20 @@ void once_per_device(std::atomic<uint64_t>& done, F&& set_up) {
   done.fetch_or(bit, std::memory_order_acq_rel);
 }
 
+// An attribute of the current device (its SMs, the shared memory a block may opt into), looked up on
+// the first call and kept: the GPUs that one process drives are of one kind.
+template <cudaDeviceAttr A>
+int device_attribute() {
+  static std::atomic<int> value{0};
+  if (value.load(std::memory_order_relaxed) == 0) {
+    int device = 0, v = 0;
+    TROUPE_CUDA_CHECK(cudaGetDevice(&device));
+    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&v, A, device));
+    value.store(v, std::memory_order_relaxed);
+  }
+  return value.load(std::memory_order_relaxed);
+}
+
 // The decode attention kernel asks for all of L1 as shared memory (kernels/attention.cu), and an SM
 // changes its L1/shared split only once it is empty: kernels that overlap it (programmatic dependent
 // launch) take the same split, or they would wait for each other to drain, so launch_overlapped asks

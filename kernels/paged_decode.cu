@@ -517,16 +517,7 @@ bool push_combine() {
 
 // Dynamic shared memory a block may opt into on this device, less a margin for the kernel's static
 // shared memory (a flag).
-int shared_memory_optin() {
-  static std::atomic<int> bytes{0};
-  if (bytes.load(std::memory_order_relaxed) == 0) {
-    int device = 0, optin = 0;
-    TROUPE_CUDA_CHECK(cudaGetDevice(&device));
-    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    bytes.store(optin - 1024, std::memory_order_relaxed);
-  }
-  return bytes.load(std::memory_order_relaxed);
-}
+int shared_memory_optin() { return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>() - 1024; }
 
 // Shared memory of paged_decode_kernel<D, S, CLUSTER>: the stages, and with CLUSTER room for the
 // largest push combine (16 rows) where the device has it.

@@ -177,17 +177,6 @@ int early_chunks() {
   return early;
 }
 
-int sm_count() {
-  static std::atomic<int> count{0};
-  if (count.load(std::memory_order_relaxed) == 0) {
-    int device = 0, sms = 0;
-    TROUPE_CUDA_CHECK(cudaGetDevice(&device));
-    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    count.store(sms, std::memory_order_relaxed);
-  }
-  return count.load(std::memory_order_relaxed);
-}
-
 // SMs a launch leaves without a CTA: at least one for the projections that do not follow a SwiGLU
 // (gate_up, the LM head), so that their one wave never waits for the last CTA of the kernel before it
 // (the down projection before the next layer's gate_up ends unevenly, and at tp2 the gather before
@@ -235,7 +224,8 @@ void launch(const Params& p, cudaStream_t stream) {
   });
   // One wave: a CTA per SM but the spare ones (fewer where there are fewer rows than warps).
   const int64_t spare = IN == GemvInput::silu_mul ? spare_down_sms() : spare_other_sms();
-  int64_t ctas = std::min<int64_t>(sm_count() - spare, (p.n + kStreamWarps - 1) / kStreamWarps);
+  const int64_t sms = device_attribute<cudaDevAttrMultiProcessorCount>();
+  int64_t ctas = std::min<int64_t>(sms - spare, (p.n + kStreamWarps - 1) / kStreamWarps);
   if (IN != GemvInput::silu_mul && balanced_grids()) {
     const int64_t rows_per_warp = (p.n + ctas * kStreamWarps - 1) / (ctas * kStreamWarps);
     ctas = (p.n + rows_per_warp * kStreamWarps - 1) / (rows_per_warp * kStreamWarps);
