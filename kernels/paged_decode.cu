@@ -27,6 +27,7 @@
 
 #include "kernels/attention_tiles.cuh"
 #include "kernels/decode_rope.cuh"
+#include "kernels/mbarrier.cuh"
 
 namespace troupe::cuda::attn {
 namespace {
@@ -180,24 +181,6 @@ __device__ __forceinline__ void store_async(uint32_t remote, float2 v, uint32_t 
 // barrier is initialised before any other CTA stores to it.
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-__device__ __forceinline__ void push_barrier_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-__device__ __forceinline__ void push_barrier_expect(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void push_barrier_wait(uint64_t* bar) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n selp.u32 %0, 1, "
-        "0, p;\n}\n"
-        : "=r"(done)
-        : "r"(smem_u32(bar))
-        : "memory");
-  } while (!done);
-}
 
 template <int D, int S>
 constexpr int decode_smem_bytes = (16 + S * 2 * kTileKeys) * kRow<D> * static_cast<int>(sizeof(bf16));
@@ -268,7 +251,10 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
   [[maybe_unused]] float* const push_ml = push_o + kClusterSplits * p.push_rows * D;
   if constexpr (CLUSTER) {
     if (p.push_rows > 0) {
-      if (split == 0 && threadIdx.x == 0) push_barrier_init(push_bar);
+      if (split == 0 && threadIdx.x == 0) {
+        mbarrier_init(push_bar);
+        mbarrier_init_fence();
+      }
       cluster_arrive();
     }
   }
@@ -428,8 +414,8 @@ __global__ void __launch_bounds__(kThreads, (decode_min_ctas<D, S>)) paged_decod
     if (p.push_rows > 0) {
       if (split != 0) return;  // its partial is on its way to CTA 0
       if (threadIdx.x == 0)
-        push_barrier_expect(push_bar, static_cast<uint32_t>((kClusterSplits - 1) * rows * (D + 2) * sizeof(float)));
-      push_barrier_wait(push_bar);
+        mbarrier_expect_bytes(push_bar, static_cast<uint32_t>((kClusterSplits - 1) * rows * (D + 2) * sizeof(float)));
+      mbarrier_wait<true>(push_bar, 0);
       __syncthreads();  // this CTA's own partial, stored by its threads above
       for (int c = threadIdx.x; c < rows * (D / 4); c += kThreads) {
         const int row = c / (D / 4), col = (c % (D / 4)) * 4;

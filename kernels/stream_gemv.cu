@@ -15,6 +15,7 @@
 #include <string>
 
 #include "kernels/gemv_parts.cuh"
+#include "kernels/mbarrier.cuh"
 #include "kernels/pushed_all_reduce.cuh"
 
 namespace troupe::cuda {
@@ -25,29 +26,14 @@ constexpr int kStreamWarps = 16;
 constexpr int kStreamThreads = kStreamWarps * 32;
 constexpr int kStages = 2;
 
-__device__ __forceinline__ void barrier_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
-}
-// The barriers' initialisation, visible to the copy engine before it completes on them.
-__device__ __forceinline__ void barrier_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
 // Copies `bytes` (a multiple of 16, both ends 16-byte aligned) from global to shared memory; the
 // barrier's current phase completes once they have landed.
 __device__ __forceinline__ void copy_chunk(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+  mbarrier_expect_bytes(bar, bytes);
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
                    smem_u32(dst)),
                "l"(src), "r"(bytes), "r"(smem_u32(bar))
                : "memory");
-}
-__device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
 }
 
 // Row `local` of the warp's run: the value lane `local` loaded up front, or a load where the run is
@@ -91,8 +77,8 @@ __global__ void __launch_bounds__(kStreamThreads) stream_gemv_kernel(const Param
   };
   if (lane == 0) {
 #pragma unroll
-    for (int s = 0; s < kStages; ++s) barrier_init(&bar[s]);
-    barrier_init_fence();
+    for (int s = 0; s < kStages; ++s) mbarrier_init(&bar[s]);
+    mbarrier_init_fence();
     for (int64_t c = 0; c < chunks && c < early; ++c) request(c);
   }
   prefetch_norm_weight<IN, kStreamThreads>(p);
@@ -114,7 +100,7 @@ __global__ void __launch_bounds__(kStreamThreads) stream_gemv_kernel(const Param
   const int64_t row_vecs = p.k / kVec;
   float acc = 0.0f;
   for (int64_t c = 0; c < chunks; ++c) {
-    barrier_wait(&bar[c % kStages], static_cast<uint32_t>((c / kStages) & 1));
+    mbarrier_wait(&bar[c % kStages], static_cast<uint32_t>((c / kStages) & 1));
     const Vec8* const buf = reinterpret_cast<const Vec8*>(ring + (c % kStages) * chunk);
     const int64_t first = c * chunk / kVec;  // the chunk's first vector in the run
     const int vecs = static_cast<int>(elements(c) / kVec);
