@@ -6,8 +6,8 @@
 // Message: rows × cols bf16 per rank, P = rows · cols / 8 packs; block b of every rank handles the
 // same packs (b·T + t, stepping by blocks·T), so block b of a rank only waits for block b of its
 // peers. Call e of block b (e counted per block in device memory, so graph replays count too) uses
-// mailbox e mod 3 of every rank, one slot per sender; a reader empties each pack as it reads it, and
-// the reuse argument is push_kernel's.
+// mailbox e mod peer_mailbox_calls of every rank, one slot per sender; a reader empties each pack as it
+// reads it, and the reuse argument is push_kernel's.
 #include <stdexcept>
 #include <string>
 
@@ -23,7 +23,7 @@ using namespace packs;
 constexpr int kThreads = peer_all_reduce_threads;
 
 struct GatherArgs {
-  uint4* mailbox[peer_all_reduce_max_ranks];  // rank q's: [3 calls][R senders][mailbox_packs]
+  uint4* mailbox[peer_all_reduce_max_ranks];  // rank q's: [peer_mailbox_calls][R senders][mailbox_packs]
   size_t mailbox_packs;
   uint32_t* epochs;  // this rank's calls completed, per block
   const uint4* in;   // [rows][cols_packs]
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads) all_gather_columns_kernel(GatherArgs
   wait_for_previous_kernel();
   let_next_kernel_start();
   const uint32_t epoch = a.epochs[blockIdx.x] + 1u;
-  const size_t call = epoch % 3;
+  const size_t call = epoch % peer_mailbox_calls;
   const size_t packs = a.rows * a.cols_packs;
   const size_t stride = static_cast<size_t>(gridDim.x) * kThreads;
   const size_t start = static_cast<size_t>(blockIdx.x) * kThreads + threadIdx.x;

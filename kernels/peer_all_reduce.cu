@@ -53,7 +53,7 @@ struct Args {
   uint4* stage[max_ranks];      // rank q's two staging buffers, stage_packs each
   uint32_t* flags[max_ranks];   // rank q's flags: [2 exchanges][blocks][max_ranks senders]
   uint32_t* epochs;             // this rank's calls completed, per block
-  uint4* mailbox[max_ranks];    // rank q's mailboxes (push path): [3 calls][R senders][mailbox_packs]
+  uint4* mailbox[max_ranks];    // rank q's mailboxes (push path): [peer_mailbox_calls][R senders][mailbox_packs]
   size_t mailbox_packs;
   void* inout;
   void* residual;      // null: the sum goes to inout; else residual += the sum (rounded first), inout kept
@@ -239,7 +239,7 @@ template <int R>
 __global__ void __launch_bounds__(threads) push_kernel(Args a) {
   begin_overlapped();
   const uint32_t epoch = begin_call(a);
-  const size_t call = epoch % 3;
+  const size_t call = epoch % peer_mailbox_calls;
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   const size_t start = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   auto slot = [&](int owner, int sender) { return a.mailbox[owner] + (call * R + sender) * a.mailbox_packs; };
@@ -375,9 +375,10 @@ void PeerAllReduceGroup::allocate() {
         TROUPE_CUDA_CHECK(status);
     }
     RankMemory m;
-    // The push path's three calls' mailboxes, the pushed all-reduce's two (engine/pushed_all_reduce.hpp),
-    // then all_gather_columns' three.
-    const size_t mailboxes = ((3 + 2) * mailbox_bytes_ + 3 * gather_bytes_) * devices_.size();
+    // The push path's calls' mailboxes, the pushed all-reduce's two (engine/pushed_all_reduce.hpp), then
+    // all_gather_columns' calls'.
+    const size_t mailboxes =
+        ((peer_mailbox_calls + 2) * mailbox_bytes_ + peer_mailbox_calls * gather_bytes_) * devices_.size();
     TROUPE_CUDA_CHECK(cudaMalloc(&m.base, header_bytes + 2 * stage_bytes_ + mailboxes));
     std::byte* base = static_cast<std::byte*>(m.base);
     m.flags = reinterpret_cast<uint32_t*>(base);
@@ -386,7 +387,7 @@ void PeerAllReduceGroup::allocate() {
     m.gather_epochs = reinterpret_cast<uint32_t*>(base + flag_bytes + epoch_bytes + sizeof(uint32_t));
     m.stage = base + header_bytes;
     m.mailbox = base + header_bytes + 2 * stage_bytes_;
-    m.pushed_mailbox = static_cast<std::byte*>(m.mailbox) + 3 * devices_.size() * mailbox_bytes_;
+    m.pushed_mailbox = static_cast<std::byte*>(m.mailbox) + peer_mailbox_calls * devices_.size() * mailbox_bytes_;
     m.gather_mailbox = static_cast<std::byte*>(m.pushed_mailbox) + 2 * devices_.size() * mailbox_bytes_;
     memory_.push_back(m);  // freed by the destructor from here on
     TROUPE_CUDA_CHECK(cudaMemset(m.base, 0, header_bytes + 2 * stage_bytes_));

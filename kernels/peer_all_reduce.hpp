@@ -47,12 +47,17 @@ inline constexpr int peer_all_reduce_threads = 512;
 enum class AllReduceAlgorithm { automatic, one_shot, two_shot, push };
 
 // Under AllReduceAlgorithm::automatic, bf16 messages of at most this many bytes take the push path
-// (see the top of the file); each rank keeps 3 × ranks mailboxes of this size.
+// (see the top of the file); each rank keeps peer_mailbox_calls × ranks mailboxes of this size.
 inline constexpr size_t peer_all_reduce_push_bytes = size_t{64} << 10;
 
-// The largest message (one rank's part, bytes) of all_gather_columns; each rank keeps 3 × ranks
-// mailboxes of this size for it. On 2 and 4 H200s the gather took 0.37–0.70 of ncclAllGather's time
-// at 16 KiB to this size (tools/all_reduce_bench, docs/benchmarks.md); larger parts were not measured.
+// The push path and all_gather_columns each take turns over this many mailboxes a rank: call e uses
+// mailbox e mod peer_mailbox_calls (why three are enough: kernels/peer_all_reduce.cu, push_kernel).
+inline constexpr int peer_mailbox_calls = 3;
+
+// The largest message (one rank's part, bytes) of all_gather_columns; each rank keeps
+// peer_mailbox_calls × ranks mailboxes of this size for it. On 2 and 4 H200s the gather took 0.37–0.70
+// of ncclAllGather's time at 16 KiB to this size (tools/all_reduce_bench, docs/benchmarks.md); larger
+// parts were not measured.
 inline constexpr size_t peer_all_gather_bytes = size_t{512} << 10;
 
 // Under AllReduceAlgorithm::automatic, messages of at least this many bytes take the two-shot path.
@@ -94,10 +99,10 @@ class PeerAllReduceGroup {
     uint32_t* epochs = nullptr;  // [blocks]: calls completed, per block
     uint32_t* pushed_state = nullptr;  // the pushed all-reduce's call count (engine/pushed_all_reduce.hpp)
     void* stage = nullptr;       // [2][stage_bytes_]
-    void* mailbox = nullptr;     // [3 calls][ranks senders][mailbox_bytes_], the push path's
+    void* mailbox = nullptr;     // [peer_mailbox_calls][ranks senders][mailbox_bytes_], the push path's
     void* pushed_mailbox = nullptr;  // [2 calls][ranks senders][mailbox_bytes_], the pushed all-reduce's
     uint32_t* gather_epochs = nullptr;  // [blocks]: all_gather_columns calls completed, per block
-    void* gather_mailbox = nullptr;     // [3 calls][ranks senders][gather_bytes_], all_gather_columns'
+    void* gather_mailbox = nullptr;     // [peer_mailbox_calls][ranks senders][gather_bytes_], all_gather_columns'
   };
 
   PeerAllReduceGroup(std::vector<int> devices, size_t max_bytes, int blocks);
