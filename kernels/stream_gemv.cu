@@ -170,9 +170,10 @@ int early_chunks() {
 // batch-1 step on 4 × H200, two alternations: tp1 4.254 -> 4.235 ms, tp2 2.561 -> 2.551, tp4 1.667 ->
 // 1.667; a spare SM for the down projections as well cost tp4 9 µs and gained nothing elsewhere, two
 // cost more. TROUPE_STREAM_GEMV_SPARE_OTHER and _DOWN set them, to measure.
-int64_t spare_other_sms() {
-  static const int64_t spare = std::clamp<int64_t>(switch_value("TROUPE_STREAM_GEMV_SPARE_OTHER", 1), 0, 8);
-  return spare;
+int64_t spare_sms(GemvInput in) {
+  static const int64_t other = std::clamp<int64_t>(switch_value("TROUPE_STREAM_GEMV_SPARE_OTHER", 1), 0, 8);
+  static const int64_t down = std::clamp<int64_t>(switch_value("TROUPE_STREAM_GEMV_SPARE_DOWN", 0), 0, 8);
+  return in == GemvInput::silu_mul ? down : other;
 }
 // Those projections also take the fewest CTAs that give the warps as many rows as the spare SMs
 // leave them (tp2's 14336-row gate_up: 128 CTAs of 7 rows a warp instead of 131, some of whose warps
@@ -183,10 +184,6 @@ int64_t spare_other_sms() {
 bool balanced_grids() {
   static const bool on = switched_on("TROUPE_STREAM_GEMV_BALANCED");
   return on;
-}
-int64_t spare_down_sms() {
-  static const int64_t spare = std::clamp<int64_t>(switch_value("TROUPE_STREAM_GEMV_SPARE_DOWN", 0), 0, 8);
-  return spare;
 }
 
 template <GemvInput IN, Out OUT>
@@ -200,18 +197,15 @@ void launch(const Params& p, cudaStream_t stream) {
   once_per_device(granted, [] {
     // All the dynamic shared memory a block may opt into beside the kernel's static shared memory.
     const void* kernel = reinterpret_cast<const void*>(&stream_gemv_kernel<IN, OUT>);
-    int device = 0, optin = 0;
-    TROUPE_CUDA_CHECK(cudaGetDevice(&device));
-    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    const int optin = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>();
     cudaFuncAttributes attributes{};
     TROUPE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
     TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            optin - static_cast<int>(attributes.sharedSizeBytes)));
   });
   // One wave: a CTA per SM but the spare ones (fewer where there are fewer rows than warps).
-  const int64_t spare = IN == GemvInput::silu_mul ? spare_down_sms() : spare_other_sms();
   const int64_t sms = device_attribute<cudaDevAttrMultiProcessorCount>();
-  int64_t ctas = std::min<int64_t>(sms - spare, (p.n + kStreamWarps - 1) / kStreamWarps);
+  int64_t ctas = std::min<int64_t>(sms - spare_sms(IN), (p.n + kStreamWarps - 1) / kStreamWarps);
   if (IN != GemvInput::silu_mul && balanced_grids()) {
     const int64_t rows_per_warp = (p.n + ctas * kStreamWarps - 1) / (ctas * kStreamWarps);
     ctas = (p.n + rows_per_warp * kStreamWarps - 1) / (rows_per_warp * kStreamWarps);
